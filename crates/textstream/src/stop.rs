@@ -53,12 +53,14 @@ impl StopMatcher {
             return StopMatch::Continue;
         }
         self.held.push_str(text);
-        // The earliest match wins; among matches at one position, the longest.
+        // The stop string completed first wins, as if the text had arrived one
+        // byte at a time; of two completed at once, the longer. This makes the
+        // result independent of how the text was split into chunks.
         let found = self
             .stops
             .iter()
             .filter_map(|stop| self.held.find(stop.as_str()).map(|at| (at, stop)))
-            .min_by_key(|&(at, stop)| (at, std::cmp::Reverse(stop.len())));
+            .min_by_key(|&(at, stop)| (at + stop.len(), std::cmp::Reverse(stop.len())));
         if let Some((at, stop)) = found {
             out.push_str(&self.held[..at]);
             let stop = stop.clone();

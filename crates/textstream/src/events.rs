@@ -30,8 +30,8 @@ pub struct TokenEvent {
     pub finish_reason: Option<FinishReason>,
 }
 
-/// The consumer half of an event stream: a `futures::Stream`, and a blocking
-/// `Iterator` for sync code. The last event carries the finish reason.
+/// The consumer half of an event stream: a `futures::Stream`, or a blocking
+/// iterator for sync code ([`blocking_iter`](Self::blocking_iter)). The last event carries the finish reason.
 #[derive(Debug)]
 pub struct TokenEventStream {
     receiver: Receiver,
@@ -85,13 +85,17 @@ impl Stream for TokenEventStream {
     }
 }
 
-impl Iterator for TokenEventStream {
-    type Item = Result<TokenEvent, StreamError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+impl TokenEventStream {
+    /// Waits for the next event on this thread (for sync consumers).
+    pub fn next_blocking(&mut self) -> Option<Result<TokenEvent, StreamError>> {
         match self.receiver.recv(self.timeout) {
             Ok(received) => to_event(received),
             Err(error) => Some(Err(error)),
         }
+    }
+
+    /// The events as a blocking iterator (for sync consumers).
+    pub fn blocking_iter(&mut self) -> impl Iterator<Item = Result<TokenEvent, StreamError>> + '_ {
+        std::iter::from_fn(move || self.next_blocking())
     }
 }

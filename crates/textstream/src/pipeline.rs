@@ -36,6 +36,11 @@ impl TextPipeline {
         }
     }
 
+    /// Whether the next `put` is the prompt and will be skipped.
+    pub fn skips_next_put(&self) -> bool {
+        self.skip_next_put
+    }
+
     /// Takes the ids of one `put`, appends the released text to `out`, and
     /// says whether a stop string ended the stream (then everything up to the
     /// stop string has been released).

@@ -54,6 +54,7 @@ impl StreamProducer {
             ProducerState::Stopped => return Err(Closed::Stopped),
             ProducerState::Ended => return Err(Closed::Ended),
         }
+        let prompt_skipped = self.pipeline.skips_next_put();
         self.text.clear();
         let stopped = match self.pipeline.put(ids, &mut self.text) {
             Ok(stopped) => stopped,
@@ -62,7 +63,7 @@ impl StreamProducer {
                 return Err(Closed::Ended);
             }
         };
-        let alive = if self.events {
+        let alive = if self.events && !prompt_skipped {
             let text = &self.text;
             self.sender.send(|chunk| {
                 chunk.text.push_str(text);

@@ -34,7 +34,7 @@ pub fn byte_level() -> &'static Tokenizer {
     static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
     TOKENIZER.get_or_init(|| {
         let mut tokenizer = Tokenizer::new(BPE::default());
-        tokenizer.with_pre_tokenizer(Some(ByteLevel::default()));
+        tokenizer.with_pre_tokenizer(Some(ByteLevel::default().add_prefix_space(false)));
         tokenizer.with_decoder(Some(ByteLevel::default()));
         let mut trainer: TrainerWrapper = BpeTrainerBuilder::new()
             .vocab_size(700)

@@ -110,11 +110,12 @@ impl Stream for AsyncTextIteratorStreamer {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            let received = match poll_with_timeout(&this.receiver, this.timeout, &mut this.delay, cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error))),
-                Poll::Ready(Ok(received)) => received,
-            };
+            let received =
+                match poll_with_timeout(&this.receiver, this.timeout, &mut this.delay, cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(error)) => return Poll::Ready(Some(Err(error))),
+                    Poll::Ready(Ok(received)) => received,
+                };
             return Poll::Ready(match received {
                 None => None,
                 Some(Received::Chunk(chunk)) if chunk.text.is_empty() => continue,

@@ -47,7 +47,10 @@ impl<S: Streamer> BatchStreamer<S> {
     /// Drives these streamers, row `i` feeding `streamers[i]`.
     pub fn new(streamers: Vec<S>) -> Self {
         let open = vec![true; streamers.len()];
-        BatchStreamer { rows: streamers, open }
+        BatchStreamer {
+            rows: streamers,
+            open,
+        }
     }
 
     /// The batch size.
@@ -96,7 +99,9 @@ impl<S: Streamer> BatchStreamer<S> {
                 got: tokens.len(),
             });
         }
-        for ((streamer, open), &(id, logprob)) in self.rows.iter_mut().zip(&mut self.open).zip(tokens) {
+        for ((streamer, open), &(id, logprob)) in
+            self.rows.iter_mut().zip(&mut self.open).zip(tokens)
+        {
             if *open && streamer.put_token(id, logprob).is_err() {
                 *open = false;
             }
@@ -145,4 +150,3 @@ impl<S> From<BatchStreamer<S>> for Vec<S> {
         batch.rows
     }
 }
-

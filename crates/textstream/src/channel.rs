@@ -131,7 +131,11 @@ impl Sender {
         if let Some(bound) = self.bound {
             while state.pending.weight() > bound && !self.consumer_gone() {
                 state.producer_waiting = true;
-                state = self.shared.space.wait(state).unwrap_or_else(|e| e.into_inner());
+                state = self
+                    .shared
+                    .space
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner());
             }
             state.producer_waiting = false;
         }
@@ -181,7 +185,11 @@ impl Receiver {
             }
             state.consumer_waiting = true;
             state = match deadline {
-                None => self.shared.data.wait(state).unwrap_or_else(|e| e.into_inner()),
+                None => self
+                    .shared
+                    .data
+                    .wait(state)
+                    .unwrap_or_else(|e| e.into_inner()),
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {

@@ -59,7 +59,10 @@ pub struct IncrementalDecoder {
 enum DecodePath {
     /// Byte-level: bytes not yet emitted because they end in an incomplete
     /// UTF-8 sequence.
-    ByteLevel { table: Arc<TokenTable>, pending: Vec<u8> },
+    ByteLevel {
+        table: Arc<TokenTable>,
+        pending: Vec<u8>,
+    },
     /// SentencePiece with byte fallback: the open run of byte tokens, and how
     /// many leading spaces of the whole text are still to strip.
     SentencePiece {

@@ -202,7 +202,10 @@ impl TokenDecoder for tokenizers::Tokenizer {
 fn hf_layout(tokenizer: &tokenizers::Tokenizer) -> Option<Layout> {
     let decoder = serde_json::to_value(tokenizer.get_decoder()?).ok()?;
     match decoder["type"].as_str()? {
-        "ByteLevel" => Some(Layout::ByteLevel(Arc::new(table(tokenizer, byte_level_bytes)))),
+        "ByteLevel" => Some(Layout::ByteLevel(Arc::new(table(
+            tokenizer,
+            byte_level_bytes,
+        )))),
         "Sequence" => {
             let parts = decoder["decoders"].as_array()?;
             let names: Vec<&str> = parts.iter().filter_map(|d| d["type"].as_str()).collect();
@@ -231,7 +234,10 @@ fn hf_layout(tokenizer: &tokenizers::Tokenizer) -> Option<Layout> {
 
 /// Builds the table of every id's bytes with `token_bytes`, which maps a
 /// token's string to its bytes and tells whether it is a byte-fallback token.
-fn table(tokenizer: &tokenizers::Tokenizer, token_bytes: fn(&str) -> (Vec<u8>, bool)) -> TokenTable {
+fn table(
+    tokenizer: &tokenizers::Tokenizer,
+    token_bytes: fn(&str) -> (Vec<u8>, bool),
+) -> TokenTable {
     let added = tokenizer.get_added_vocabulary();
     let vocab = tokenizer.get_vocab(true);
     let size = vocab.values().max().map_or(0, |&max| max as usize + 1);

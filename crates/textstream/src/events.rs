@@ -78,9 +78,11 @@ impl Stream for TokenEventStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        poll_with_timeout(&this.receiver, this.timeout, &mut this.delay, cx).map(|received| match received {
-            Ok(received) => to_event(received),
-            Err(error) => Some(Err(error)),
+        poll_with_timeout(&this.receiver, this.timeout, &mut this.delay, cx).map(|received| {
+            match received {
+                Ok(received) => to_event(received),
+                Err(error) => Some(Err(error)),
+            }
         })
     }
 }

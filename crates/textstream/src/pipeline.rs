@@ -44,7 +44,11 @@ impl TextPipeline {
     /// Takes the ids of one `put`, appends the released text to `out`, and
     /// says whether a stop string ended the stream (then everything up to the
     /// stop string has been released).
-    pub fn put(&mut self, ids: &[u32], out: &mut String) -> Result<Option<FinishReason>, DecodeError> {
+    pub fn put(
+        &mut self,
+        ids: &[u32],
+        out: &mut String,
+    ) -> Result<Option<FinishReason>, DecodeError> {
         if std::mem::take(&mut self.skip_next_put) {
             return Ok(None);
         }

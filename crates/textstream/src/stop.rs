@@ -92,7 +92,9 @@ impl StopMatcher {
                     .rev()
                     .find(|&n| {
                         held.is_char_boundary(held.len() - n)
-                            && stop.as_bytes().starts_with(&held.as_bytes()[held.len() - n..])
+                            && stop
+                                .as_bytes()
+                                .starts_with(&held.as_bytes()[held.len() - n..])
                     })
                     .unwrap_or(0)
             })

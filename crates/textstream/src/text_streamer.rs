@@ -47,7 +47,11 @@ impl TextStreamer<io::Stdout> {
 
 impl<W: Write> TextStreamer<W> {
     /// A streamer that writes to `writer`.
-    pub fn with_writer(tokenizer: impl Into<Detokenizer>, options: StreamOptions, writer: W) -> Self {
+    pub fn with_writer(
+        tokenizer: impl Into<Detokenizer>,
+        options: StreamOptions,
+        writer: W,
+    ) -> Self {
         TextStreamer {
             pipeline: TextPipeline::new(tokenizer.into(), &options),
             writer,

@@ -14,15 +14,30 @@ use tokenizers::Tokenizer;
 /// Every family with the path it must take: (name, handle, tokenizer, concatenative).
 fn families() -> Vec<(&'static str, Detokenizer, &'static Tokenizer, bool)> {
     vec![
-        ("byte-level", Detokenizer::new(common::byte_level().clone()), common::byte_level(), true),
+        (
+            "byte-level",
+            Detokenizer::new(common::byte_level().clone()),
+            common::byte_level(),
+            true,
+        ),
         (
             "byte-level windowed",
             Detokenizer::windowed(common::byte_level().clone()),
             common::byte_level(),
             false,
         ),
-        ("sentencepiece", Detokenizer::new(common::sentencepiece().clone()), common::sentencepiece(), true),
-        ("metaspace", Detokenizer::new(common::metaspace().clone()), common::metaspace(), false),
+        (
+            "sentencepiece",
+            Detokenizer::new(common::sentencepiece().clone()),
+            common::sentencepiece(),
+            true,
+        ),
+        (
+            "metaspace",
+            Detokenizer::new(common::metaspace().clone()),
+            common::metaspace(),
+            false,
+        ),
     ]
 }
 
@@ -43,7 +58,8 @@ fn decode_incrementally(detokenizer: &Detokenizer, puts: &[&[u32]], skip: bool) 
 
 fn multilingual_text() -> impl Strategy<Value = String> {
     let pool: Vec<char> = common::CORPUS.concat().chars().collect();
-    prop::collection::vec(prop::sample::select(pool), 0..80).prop_map(|chars| chars.into_iter().collect())
+    prop::collection::vec(prop::sample::select(pool), 0..80)
+        .prop_map(|chars| chars.into_iter().collect())
 }
 
 /// The stop a one-shot search finds: the one completed first, the longer on a tie.

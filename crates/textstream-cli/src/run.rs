@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use futures::{Stream, StreamExt};
-use textstream::{AsyncTextIteratorStreamer, Detokenizer, StreamError, StreamOptions};
+use textstream::{StreamError, StreamOptions};
 use textstream_engine::generate::{self, GenerateConfig, GenerateOutput};
 use textstream_engine::model::Model;
 use textstream_engine::sampling::SamplingConfig;
@@ -117,10 +117,8 @@ pub async fn stream_answer(
         .skip_special_tokens(true)
         .policy(mode.into())
         .stop(sampling.stop.clone());
-    let detokenizer: Detokenizer = model.detokenizer();
-    let (producer, stream) = AsyncTextIteratorStreamer::new(detokenizer, options);
     let started = Instant::now();
-    let worker = generate::spawn_generate(Arc::clone(model), ids, config, producer);
+    let (stream, worker) = generate::run_generate(Arc::clone(model), ids, config, Some(options));
     let (text, first_text, interrupted) = print_stream(stream, started, interrupt).await?;
     let output = tokio::task::spawn_blocking(move || worker.join())
         .await?

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use textstream::{Closed, FinishReason, Streamer};
+use textstream::{AsyncTextIteratorStreamer, Closed, FinishReason, StreamOptions, Streamer};
 
 use crate::model::{Model, Session};
 use crate::sampling::{Sampler, SamplingConfig};
@@ -139,6 +139,30 @@ where
             generate(&mut session, &prompt_ids, &config, &mut streamer)
         })
         .expect("failed to spawn the generation thread")
+}
+
+/// The one-call form (transformers' `run_generate` pattern): starts
+/// generation on its own thread and returns the text as an async stream,
+/// with a handle to the thread's result. Drop the stream to stop generating.
+///
+/// `options` decide what the stream shows; by default the prompt and special
+/// tokens are left out, as a chat user expects.
+pub fn run_generate(
+    model: Arc<Model>,
+    prompt_ids: Vec<u32>,
+    config: GenerateConfig,
+    options: Option<StreamOptions>,
+) -> (
+    AsyncTextIteratorStreamer,
+    JoinHandle<Result<GenerateOutput, EngineError>>,
+) {
+    let options = options.unwrap_or_else(|| {
+        StreamOptions::default()
+            .skip_prompt(true)
+            .skip_special_tokens(true)
+    });
+    let (producer, stream) = AsyncTextIteratorStreamer::new(model.detokenizer(), options);
+    (stream, spawn_generate(model, prompt_ids, config, producer))
 }
 
 fn validate(

@@ -1,0 +1,71 @@
+//! `textstream serve`: loads the model, starts the OpenAI-compatible server
+//! and runs it until SIGINT or SIGTERM, letting streams in flight finish.
+
+use anyhow::Context;
+use textstream_server::{AppState, ServerConfig};
+
+use crate::args::ServeArgs;
+use crate::load;
+
+/// Runs the server; returns once it has shut down cleanly.
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let (model, load_time) = load::model(&args.model)?;
+    let model_name = model
+        .path()
+        .file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_else(|| textstream_server::DEFAULT_MODEL_NAME.to_owned());
+    let config = ServerConfig {
+        workers: args.workers,
+        max_queue: args.max_queue,
+        model_name,
+        ..ServerConfig::default()
+    };
+    let state = AppState::new(model, config).context("starting the worker threads")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let address = (args.host.as_str(), args.port);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding {}:{}", args.host, args.port))?;
+        let local = listener.local_addr().context("reading the bound address")?;
+        eprintln!(
+            "model {:?} loaded in {load_time:.1?}; serving on http://{local} (Ctrl-C stops)",
+            state.config().model_name
+        );
+        textstream_server::serve(listener, state, shutdown_signal())
+            .await
+            .context("serving")
+    })?;
+    eprintln!("server stopped");
+    Ok(())
+}
+
+/// Resolves on the first SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            eprintln!("cannot listen for Ctrl-C: {error}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                eprintln!("cannot listen for SIGTERM: {error}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}

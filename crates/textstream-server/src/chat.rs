@@ -1,0 +1,32 @@
+//! `POST /v1/chat/completions`: messages, rendered with the model's chat
+//! template, answered as one object or a stream of chunks.
+
+use axum::extract::State;
+use axum::response::Response;
+
+use crate::error::ApiError;
+use crate::extract::OpenAiJson;
+use crate::request::{check_model, plan, ChatRequest};
+use crate::respond::{respond, Endpoint};
+use crate::state::AppState;
+
+/// The handler.
+pub(crate) async fn chat_completions(
+    State(state): State<AppState>,
+    OpenAiJson(request): OpenAiJson<ChatRequest>,
+) -> Result<Response, ApiError> {
+    check_model(&state, &request.model)?;
+    let messages = request.template_messages()?;
+    let prompt = state
+        .model()
+        .chat_prompt(&messages)
+        .map_err(|error| ApiError::invalid("messages", error.to_string()))?;
+    // The template writes any BOS text itself.
+    let prompt_ids = state
+        .model()
+        .tokenizer()
+        .encode(&prompt, false)
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    let plan = plan(&state, &request.params, prompt_ids, "messages")?;
+    respond(state, Endpoint::Chat, plan).await
+}

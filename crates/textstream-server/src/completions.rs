@@ -1,0 +1,26 @@
+//! `POST /v1/completions`: a raw prompt continued, answered as one object or
+//! a stream of chunks.
+
+use axum::extract::State;
+use axum::response::Response;
+
+use crate::error::ApiError;
+use crate::extract::OpenAiJson;
+use crate::request::{check_model, plan, CompletionRequest};
+use crate::respond::{respond, Endpoint};
+use crate::state::AppState;
+
+/// The handler.
+pub(crate) async fn completions(
+    State(state): State<AppState>,
+    OpenAiJson(request): OpenAiJson<CompletionRequest>,
+) -> Result<Response, ApiError> {
+    check_model(&state, &request.model)?;
+    let prompt = request.prompt_text()?;
+    let tokenizer = state.model().tokenizer();
+    let prompt_ids = tokenizer
+        .encode(prompt, tokenizer.add_bos)
+        .map_err(|error| ApiError::Internal(error.to_string()))?;
+    let plan = plan(&state, &request.params, prompt_ids, "prompt")?;
+    respond(state, Endpoint::Completion, plan).await
+}

@@ -1,0 +1,103 @@
+//! textstream-server: an OpenAI-compatible HTTP server that streams text from
+//! a [`textstream_engine`] model.
+//!
+//! [`AppState`] holds the model, a pool of worker threads (each with its own
+//! KV cache, all sharing the weights) behind a bounded queue, and the
+//! [`Metrics`]. [`app`] builds the routes; [`serve`] runs them on a listener
+//! until a shutdown future resolves, letting streams in flight finish.
+//!
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`,
+//! `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text) and
+//! `GET /` (a chat page). Every error is an [`ApiError`], answered as
+//! `{"error": {"message", "type", "param", "code"}}` with its status code.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use textstream_engine::model::Model;
+//! use textstream_server::{serve, AppState, ServerConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let model = Arc::new(Model::load("model.gguf".as_ref())?);
+//! let state = AppState::new(model, ServerConfig::default())?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let shutdown = async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! };
+//! serve(listener, state, shutdown).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod chat;
+mod completions;
+mod config;
+mod error;
+mod extract;
+mod info;
+mod metrics;
+mod pool;
+mod request;
+mod respond;
+mod state;
+mod web;
+
+use std::future::Future;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use config::{
+    ServerConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_MODEL_NAME, DEFAULT_WORKERS,
+};
+pub use error::{ApiError, RETRY_AFTER_SECS};
+pub use metrics::{Metrics, TTFT_BUCKETS_SECS};
+pub use request::{DEFAULT_MODEL_ALIAS, DEFAULT_TEMPERATURE};
+pub use state::AppState;
+
+/// The routes, with the body limit, panic catching and status counting.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.config().max_body_bytes;
+    Router::new()
+        .route("/", get(web::index))
+        .route("/health", get(info::health))
+        .route("/metrics", get(info::metrics))
+        .route("/v1/models", get(info::models))
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/completions", post(completions::completions))
+        .fallback(info::not_found)
+        .method_not_allowed_fallback(info::method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(|_panic| {
+            ApiError::Internal("the request handler panicked".to_owned()).into_response()
+        }))
+        .layer(middleware::from_fn_with_state(state.clone(), count_status))
+        .with_state(state)
+}
+
+/// Counts every response by status code for `/metrics`.
+async fn count_status(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    state.metrics().record_status(response.status().as_u16());
+    response
+}
+
+/// Serves [`app`] on `listener` until `shutdown` resolves; then stops
+/// accepting connections and returns once the responses in flight (streams
+/// included) have ended.
+///
+/// # Errors
+///
+/// When accepting connections fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,327 @@
+//! The OpenAI request bodies this server reads, and how their fields become
+//! a checked [`Plan`]: prompt ids, [`GenerateConfig`], stop strings and
+//! stream settings. Unknown fields are ignored; every field used is checked.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+
+use serde::Deserialize;
+use textstream_engine::generate::{GenerateConfig, DEFAULT_MAX_NEW_TOKENS};
+use textstream_engine::sampling::SamplingConfig;
+use textstream_engine::template::Message;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The model name every server also answers to.
+pub const DEFAULT_MODEL_ALIAS: &str = "default";
+
+/// Sampling temperature when the request gives none, as OpenAI documents.
+pub const DEFAULT_TEMPERATURE: f32 = 1.0;
+
+/// Highest temperature OpenAI accepts.
+pub const MAX_TEMPERATURE: f32 = 2.0;
+
+/// OpenAI's range for `frequency_penalty` and `presence_penalty` (accepted,
+/// checked, not applied).
+pub const PENALTY_RANGE: std::ops::RangeInclusive<f32> = -2.0..=2.0;
+
+/// Most stop strings a request may give, as in OpenAI's API.
+pub const MAX_STOP_STRINGS: usize = 4;
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatRequest {
+    pub model: String,
+    pub messages: Vec<ChatMessage>,
+    #[serde(flatten)]
+    pub params: Params,
+}
+
+/// One message of a chat request.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ChatMessage {
+    pub role: String,
+    #[serde(default)]
+    pub content: Option<Content>,
+}
+
+/// A message's content: a string, or an array of parts of which the text
+/// parts are used.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+/// One part of an array content.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Part {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct CompletionRequest {
+    pub model: String,
+    pub prompt: Prompt,
+    #[serde(flatten)]
+    pub params: Params,
+}
+
+/// A completion prompt: one string (an array of exactly one is accepted).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Prompt {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `stop`: one string or several.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct StreamOptionsParam {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}
+
+/// The generation fields both endpoints share.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Params {
+    pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptionsParam>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Not OpenAI's, but common in compatible servers.
+    pub top_k: Option<usize>,
+    /// Not OpenAI's, but common in compatible servers.
+    pub repetition_penalty: Option<f32>,
+    pub max_tokens: Option<u64>,
+    pub max_completion_tokens: Option<u64>,
+    pub seed: Option<i64>,
+    pub stop: Option<Stop>,
+    pub n: Option<u64>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+}
+
+/// A checked request, ready for a worker.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub prompt_ids: Vec<u32>,
+    pub config: GenerateConfig,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Fails unless `model` is the served name or [`DEFAULT_MODEL_ALIAS`].
+pub(crate) fn check_model(state: &AppState, model: &str) -> Result<(), ApiError> {
+    let served = &state.config().model_name;
+    if model == served || model == DEFAULT_MODEL_ALIAS {
+        Ok(())
+    } else {
+        Err(ApiError::UnknownModel {
+            model: model.to_owned(),
+            served: served.clone(),
+        })
+    }
+}
+
+impl ChatRequest {
+    /// The messages as the chat template takes them.
+    pub(crate) fn template_messages(&self) -> Result<Vec<Message>, ApiError> {
+        if self.messages.is_empty() {
+            return Err(ApiError::invalid("messages", "messages must not be empty"));
+        }
+        self.messages
+            .iter()
+            .enumerate()
+            .map(|(i, message)| {
+                let role = match message.role.as_str() {
+                    "" => {
+                        return Err(ApiError::invalid(
+                            format!("messages[{i}].role"),
+                            "the role must not be empty",
+                        ))
+                    }
+                    // Newer OpenAI name for the system role; templates know "system".
+                    "developer" => "system",
+                    role => role,
+                };
+                let content = match &message.content {
+                    None => String::new(),
+                    Some(Content::Text(text)) => text.clone(),
+                    Some(Content::Parts(parts)) => parts
+                        .iter()
+                        .filter(|part| part.kind == "text")
+                        .filter_map(|part| part.text.as_deref())
+                        .collect(),
+                };
+                Ok(Message::new(role, content))
+            })
+            .collect()
+    }
+}
+
+impl CompletionRequest {
+    /// The one prompt string.
+    pub(crate) fn prompt_text(&self) -> Result<&str, ApiError> {
+        match &self.prompt {
+            Prompt::One(text) => Ok(text),
+            Prompt::Many(texts) if texts.len() == 1 => Ok(&texts[0]),
+            Prompt::Many(_) => Err(ApiError::invalid(
+                "prompt",
+                "only one prompt per request is supported",
+            )),
+        }
+    }
+}
+
+/// Checks `params` against the model and `prompt_ids`; `prompt_param` names
+/// the field the prompt came from, for errors.
+pub(crate) fn plan(
+    state: &AppState,
+    params: &Params,
+    prompt_ids: Vec<u32>,
+    prompt_param: &str,
+) -> Result<Plan, ApiError> {
+    if let Some(n) = params.n {
+        if n != 1 {
+            return Err(ApiError::invalid(
+                "n",
+                format!("n = {n}: only n = 1 is supported"),
+            ));
+        }
+    }
+    let temperature = params.temperature.unwrap_or(DEFAULT_TEMPERATURE);
+    if !(0.0..=MAX_TEMPERATURE).contains(&temperature) {
+        return Err(ApiError::invalid(
+            "temperature",
+            format!("temperature {temperature} is not in [0, {MAX_TEMPERATURE}]"),
+        ));
+    }
+    if let Some(p) = params.top_p {
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(ApiError::invalid(
+                "top_p",
+                format!("top_p {p} is not in (0, 1]"),
+            ));
+        }
+    }
+    if params.top_k == Some(0) {
+        return Err(ApiError::invalid("top_k", "top_k must be at least 1"));
+    }
+    for (name, value) in [
+        ("frequency_penalty", params.frequency_penalty),
+        ("presence_penalty", params.presence_penalty),
+    ] {
+        if let Some(value) = value {
+            if !PENALTY_RANGE.contains(&value) {
+                return Err(ApiError::invalid(
+                    name,
+                    format!("{name} {value} is not in [-2, 2]"),
+                ));
+            }
+        }
+    }
+    let stop = match &params.stop {
+        None => Vec::new(),
+        Some(Stop::One(text)) => vec![text.clone()],
+        Some(Stop::Many(texts)) => texts.clone(),
+    };
+    if stop.len() > MAX_STOP_STRINGS {
+        return Err(ApiError::invalid(
+            "stop",
+            format!("at most {MAX_STOP_STRINGS} stop strings are allowed"),
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid("stop", "stop strings must not be empty"));
+    }
+
+    let context = state.model().context_length();
+    if prompt_ids.is_empty() {
+        return Err(ApiError::invalid(prompt_param, "the prompt is empty"));
+    }
+    if prompt_ids.len() >= context {
+        return Err(ApiError::InvalidRequest {
+            message: format!(
+                "the prompt is {} tokens; the model's context is {context} tokens",
+                prompt_ids.len()
+            ),
+            param: Some(prompt_param.to_owned()),
+            code: Some("context_length_exceeded"),
+        });
+    }
+    let room = context - prompt_ids.len();
+    let (max_param, asked) = match (params.max_completion_tokens, params.max_tokens) {
+        (Some(asked), _) => ("max_completion_tokens", Some(asked)),
+        (None, asked) => ("max_tokens", asked),
+    };
+    let max_new_tokens = match asked {
+        None => DEFAULT_MAX_NEW_TOKENS.min(room),
+        Some(0) => return Err(ApiError::invalid(max_param, format!("{max_param} must be at least 1"))),
+        Some(asked) => match usize::try_from(asked) {
+            Ok(asked) if asked <= room => asked,
+            _ => {
+                return Err(ApiError::InvalidRequest {
+                    message: format!(
+                        "{max_param} {asked} + the prompt's {} tokens exceed the model's context of {context} tokens",
+                        prompt_ids.len()
+                    ),
+                    param: Some(max_param.to_owned()),
+                    code: Some("context_length_exceeded"),
+                })
+            }
+        },
+    };
+    let sampling = SamplingConfig {
+        temperature,
+        top_k: params.top_k,
+        top_p: params.top_p,
+        repetition_penalty: params.repetition_penalty.unwrap_or(1.0),
+        // Without a seed, every request samples differently, as with OpenAI;
+        // a negative seed (OpenAI allows any i64) is reinterpreted.
+        seed: params.seed.map_or_else(random_seed, |seed| seed as u64),
+        ..SamplingConfig::default()
+    };
+    sampling
+        .validate()
+        .map_err(|error| ApiError::InvalidRequest {
+            message: error.to_string(),
+            param: None,
+            code: None,
+        })?;
+    Ok(Plan {
+        prompt_ids,
+        config: GenerateConfig {
+            max_new_tokens,
+            sampling,
+        },
+        stop,
+        stream: params.stream.unwrap_or(false),
+        include_usage: params
+            .stream_options
+            .as_ref()
+            .and_then(|options| options.include_usage)
+            .unwrap_or(false),
+    })
+}
+
+/// A seed that differs between calls: std's hasher keys are random per
+/// `RandomState`.
+fn random_seed() -> u64 {
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}

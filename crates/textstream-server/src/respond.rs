@@ -1,0 +1,273 @@
+//! Turns a checked [`Plan`] into a response: queues the job, then either
+//! streams OpenAI chunks as server-sent events or collects the whole answer.
+//!
+//! Both paths read the same [`TokenEventStream`]. Dropping it (the client
+//! left, so axum dropped the response body or the handler future) makes the
+//! worker's next `put` fail and frees the worker within one token.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::{stream, Stream, StreamExt};
+use serde_json::{json, Value};
+use textstream::{FinishReason, StreamOptions, TokenEvent, TokenEventStream};
+
+use crate::error::ApiError;
+use crate::metrics::{ActiveStream, Metrics};
+use crate::pool::Job;
+use crate::request::Plan;
+use crate::state::AppState;
+
+/// Which OpenAI endpoint is answering; decides the JSON shapes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completion,
+}
+
+/// What every chunk of one response repeats.
+#[derive(Debug, Clone)]
+struct Meta {
+    endpoint: Endpoint,
+    id: String,
+    created: u64,
+    model: String,
+    prompt_tokens: usize,
+    accepted: Instant,
+}
+
+impl Meta {
+    fn object(&self, stream: bool) -> &'static str {
+        match (self.endpoint, stream) {
+            (Endpoint::Chat, true) => "chat.completion.chunk",
+            (Endpoint::Chat, false) => "chat.completion",
+            (Endpoint::Completion, _) => "text_completion",
+        }
+    }
+
+    fn usage(&self, completion_tokens: usize) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        })
+    }
+
+    /// A streaming chunk whose one choice carries `text` (chat: `delta`)
+    /// and `finish`.
+    fn chunk(&self, delta: Value, text: &str, finish: Option<&FinishReason>) -> Value {
+        let finish = finish.map(FinishReason::as_openai);
+        let choice = match self.endpoint {
+            Endpoint::Chat => json!({
+                "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish,
+            }),
+            Endpoint::Completion => json!({
+                "index": 0, "text": text, "logprobs": null, "finish_reason": finish,
+            }),
+        };
+        json!({
+            "id": self.id, "object": self.object(true), "created": self.created,
+            "model": self.model, "choices": [choice],
+        })
+    }
+}
+
+/// Queues `plan` and answers: SSE when `plan.stream`, else one JSON object.
+pub(crate) async fn respond(
+    state: AppState,
+    endpoint: Endpoint,
+    plan: Plan,
+) -> Result<Response, ApiError> {
+    let options = StreamOptions::default()
+        .skip_prompt(true)
+        .skip_special_tokens(true)
+        .stop(plan.stop.clone());
+    let (producer, events) = TokenEventStream::new(state.detokenizer(), options);
+    let meta = Meta {
+        endpoint,
+        id: response_id(endpoint),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs()),
+        model: state.config().model_name.clone(),
+        prompt_tokens: plan.prompt_ids.len(),
+        accepted: Instant::now(),
+    };
+    state.pool().submit(Job {
+        prompt_ids: plan.prompt_ids,
+        config: plan.config,
+        producer,
+    })?;
+    let metrics = Arc::clone(state.metrics());
+    if plan.stream {
+        let body = sse(meta, events, metrics, plan.include_usage);
+        Ok(Sse::new(body).into_response())
+    } else {
+        collect(meta, events, metrics)
+            .await
+            .map(IntoResponse::into_response)
+    }
+}
+
+/// A unique-enough id: endpoint prefix and the time in nanoseconds.
+fn response_id(endpoint: Endpoint) -> String {
+    let prefix = match endpoint {
+        Endpoint::Chat => "chatcmpl",
+        Endpoint::Completion => "cmpl",
+    };
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!("{prefix}-{nanos:x}")
+}
+
+/// Counts tokens and the time to the first one while reading events.
+struct Reader {
+    events: TokenEventStream,
+    metrics: Arc<Metrics>,
+    completion_tokens: usize,
+    first_seen: bool,
+    _active: ActiveStream,
+}
+
+impl Reader {
+    fn new(events: TokenEventStream, metrics: Arc<Metrics>) -> Self {
+        Self {
+            _active: ActiveStream::new(Arc::clone(&metrics)),
+            events,
+            metrics,
+            completion_tokens: 0,
+            first_seen: false,
+        }
+    }
+
+    async fn next(&mut self, meta: &Meta) -> Option<Result<TokenEvent, ApiError>> {
+        let event = self.events.next().await?;
+        Some(match event {
+            Ok(event) => {
+                if !event.ids.is_empty() && !self.first_seen {
+                    self.first_seen = true;
+                    self.metrics.observe_ttft(meta.accepted.elapsed());
+                }
+                self.completion_tokens += event.ids.len();
+                Ok(event)
+            }
+            Err(error) => Err(ApiError::Internal(error.to_string())),
+        })
+    }
+}
+
+/// Reads the whole answer into one OpenAI object.
+async fn collect(
+    meta: Meta,
+    events: TokenEventStream,
+    metrics: Arc<Metrics>,
+) -> Result<Json<Value>, ApiError> {
+    let mut reader = Reader::new(events, metrics);
+    let mut text = String::new();
+    let mut finish = FinishReason::Stop;
+    while let Some(event) = reader.next(&meta).await {
+        let event = event?;
+        text += &event.text;
+        if let Some(reason) = event.finish_reason {
+            finish = reason;
+            break;
+        }
+    }
+    let choice = match meta.endpoint {
+        Endpoint::Chat => json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": text},
+            "logprobs": null,
+            "finish_reason": finish.as_openai(),
+        }),
+        Endpoint::Completion => json!({
+            "index": 0, "text": text, "logprobs": null, "finish_reason": finish.as_openai(),
+        }),
+    };
+    Ok(Json(json!({
+        "id": meta.id, "object": meta.object(false), "created": meta.created,
+        "model": meta.model, "choices": [choice],
+        "usage": meta.usage(reader.completion_tokens),
+    })))
+}
+
+/// Where the event stream is.
+enum Phase {
+    /// Chat sends the assistant role first.
+    Start,
+    /// Token chunks until the finish reason.
+    Tokens,
+    /// Everything is sent.
+    Over,
+}
+
+/// The SSE body: role chunk (chat), content chunks, finish chunk, usage
+/// chunk (when asked), `[DONE]`.
+fn sse(
+    meta: Meta,
+    events: TokenEventStream,
+    metrics: Arc<Metrics>,
+    include_usage: bool,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let reader = Reader::new(events, metrics);
+    stream::unfold((reader, Phase::Start), move |(mut reader, phase)| {
+        let meta = meta.clone();
+        async move {
+            let mut out = Vec::new();
+            let next = match phase {
+                Phase::Over => return None,
+                Phase::Start => {
+                    if meta.endpoint == Endpoint::Chat {
+                        let delta = json!({"role": "assistant", "content": ""});
+                        out.push(meta.chunk(delta, "", None));
+                    }
+                    Phase::Tokens
+                }
+                Phase::Tokens => match reader.next(&meta).await {
+                    Some(Ok(event)) => {
+                        if !event.text.is_empty() {
+                            let delta = json!({"content": event.text});
+                            out.push(meta.chunk(delta, &event.text, None));
+                        }
+                        match &event.finish_reason {
+                            None => Phase::Tokens,
+                            Some(reason) => {
+                                out.push(meta.chunk(json!({}), "", Some(reason)));
+                                if include_usage {
+                                    out.push(json!({
+                                        "id": meta.id, "object": meta.object(true),
+                                        "created": meta.created, "model": meta.model,
+                                        "choices": [],
+                                        "usage": meta.usage(reader.completion_tokens),
+                                    }));
+                                }
+                                Phase::Over
+                            }
+                        }
+                    }
+                    Some(Err(error)) => {
+                        out.push(error.body());
+                        Phase::Over
+                    }
+                    None => Phase::Over,
+                },
+            };
+            let mut events: Vec<Event> = out
+                .iter()
+                .map(|chunk| Event::default().data(chunk.to_string()))
+                .collect();
+            if matches!(next, Phase::Over) {
+                events.push(Event::default().data("[DONE]"));
+            }
+            Some((events, (reader, next)))
+        }
+    })
+    .flat_map(|events| stream::iter(events.into_iter().map(Ok)))
+}

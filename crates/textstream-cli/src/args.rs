@@ -19,6 +19,9 @@ pub enum Command {
     Run(RunArgs),
     /// Chat with the model in the terminal (Ctrl-C stops the current answer).
     Chat(ChatArgs),
+    /// Measure load time, time to first token, prefill and decode speed and
+    /// peak memory; with --llamacpp, llama.cpp's on the same file beside them.
+    Bench(BenchArgs),
     /// Print the token ids of a text as JSON.
     Tokenize(TokenizeArgs),
     /// Read `{"ids":[...]}` lines on stdin; write the chunks a streamer emits
@@ -161,4 +164,31 @@ impl From<Mode> for textstream::Policy {
             Mode::Words => textstream::Policy::Words,
         }
     }
+}
+
+/// `textstream bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// How the weights are run: `reference` (candle's llama with the file's
+    /// types) or a type the fast path converts matrices to (`q8_0`, `q4_1`, `f32`).
+    #[arg(long, default_value = "q8_0")]
+    pub weights: textstream_engine::llama::WeightFormat,
+    /// Prompt lengths, in tokens.
+    #[arg(long, value_delimiter = ',', default_values_t = [8usize, 128, 1024])]
+    pub prompt_lengths: Vec<usize>,
+    /// Tokens generated per prompt (greedy, stop tokens ignored).
+    #[arg(long, default_value_t = textstream_engine::bench::DEFAULT_NEW_TOKENS)]
+    pub new_tokens: usize,
+    /// Also run llama.cpp (llama-cpp-python must be installed) with
+    /// `scripts/bench_llamacpp.py`, in its own process, and print the ratio.
+    #[arg(long)]
+    pub llamacpp: bool,
+    /// The llama.cpp script.
+    #[arg(long, default_value = "scripts/bench_llamacpp.py", value_name = "PATH")]
+    pub llamacpp_script: PathBuf,
+    /// Print the raw JSON reports instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArgs,
 }

@@ -5,6 +5,7 @@
 //! messages and exit codes here, in one place.
 
 mod args;
+mod bench;
 mod chat;
 mod load;
 mod replay;
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Chat(args) => chat::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Tokenize(args) => tokenize::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Serve(args) => serve::run(args),

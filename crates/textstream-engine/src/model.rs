@@ -123,7 +123,7 @@ impl LoadOptions {
 /// The weights in the form [`LoadOptions::weights`] chose.
 #[derive(Debug, Clone)]
 enum Weights {
-    Reference(ModelWeights),
+    Reference(Box<ModelWeights>),
     Fast(Arc<LlamaWeights>),
 }
 
@@ -171,9 +171,8 @@ impl Model {
         let device = Device::Cpu;
         let context_length = info.context_length;
         let weights = guarded("loading the weights", || match options.weights {
-            WeightFormat::Reference => {
-                ModelWeights::from_gguf(content, &mut reader, &device).map(Weights::Reference)
-            }
+            WeightFormat::Reference => ModelWeights::from_gguf(content, &mut reader, &device)
+                .map(|weights| Weights::Reference(Box::new(weights))),
             WeightFormat::Fast(dtype) => {
                 LlamaWeights::load(&content, &mut reader, dtype, context_length)
                     .map(|w| Weights::Fast(Arc::new(w)))
@@ -292,7 +291,7 @@ fn chat_template(tokenizer: &GgufTokenizer) -> Result<ChatTemplate, String> {
 #[derive(Debug)]
 enum State {
     /// candle's model holds its cache inside the (cloned) weights.
-    Reference(ModelWeights),
+    Reference(Box<ModelWeights>),
     Fast {
         weights: Arc<LlamaWeights>,
         cache: KvCache,

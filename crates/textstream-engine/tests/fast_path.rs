@@ -33,8 +33,11 @@ const PROMPTS: [&str; 10] = [
 
 /// Greedy continuations of every prompt with `weights`.
 fn greedy(weights: WeightFormat) -> Vec<Vec<u32>> {
-    let model = Model::load_with(&default_model_path(), LoadOptions::default().weights(weights))
-        .expect("load the model");
+    let model = Model::load_with(
+        &default_model_path(),
+        LoadOptions::default().weights(weights),
+    )
+    .expect("load the model");
     let config = GenerateConfig {
         max_new_tokens: COMPARED_TOKENS,
         ..GenerateConfig::default()
@@ -53,17 +56,98 @@ fn greedy(weights: WeightFormat) -> Vec<Vec<u32>> {
         .collect()
 }
 
-fn assert_same(weights: WeightFormat) {
+/// Per prompt, how many leading tokens `weights` shares with the reference.
+fn agreement(weights: WeightFormat) -> Vec<usize> {
     let reference = greedy(WeightFormat::Reference);
-    let fast = greedy(weights);
-    for ((question, want), got) in PROMPTS.iter().zip(&reference).zip(&fast) {
-        assert_eq!(got, want, "{weights:?} differs from the reference on {question:?}");
+    let other = greedy(weights);
+    let agreed: Vec<usize> = reference
+        .iter()
+        .zip(&other)
+        .map(|(want, got)| {
+            let same = want.iter().zip(got).take_while(|(a, b)| a == b).count();
+            // A shorter answer that ends together with the other counts as whole.
+            match want.len() == got.len() && same == want.len() {
+                true => COMPARED_TOKENS,
+                false => same,
+            }
+        })
+        .collect();
+    eprintln!("{weights:?}: tokens agreeing with the reference per prompt: {agreed:?}");
+    agreed
+}
+
+fn assert_same(weights: WeightFormat) {
+    let agreed = agreement(weights);
+    for (question, &n) in PROMPTS.iter().zip(&agreed) {
+        assert_eq!(
+            n, COMPARED_TOKENS,
+            "{weights:?} differs from the reference on {question:?}"
+        );
     }
 }
 
+/// The most the reference's own logit for its greedy token may exceed its
+/// logit for the fast path's pick, where the two picks differ: below this the
+/// two candidates are a near tie that 8-bit rounding may break either way.
+const NEAR_TIE_LOGITS: f32 = 0.5;
+
 #[test]
-fn default_fast_path_matches_the_reference_greedily() {
-    assert_same(WeightFormat::default());
+fn default_fast_path_differs_from_the_reference_only_at_near_ties() {
+    // Teacher-forced along the reference's greedy tokens, so that one flipped
+    // near tie does not make every later token incomparable.
+    let load = |weights| {
+        Model::load_with(
+            &default_model_path(),
+            LoadOptions::default().weights(weights),
+        )
+        .expect("load the model")
+    };
+    let (reference, fast) = (load(WeightFormat::Reference), load(WeightFormat::default()));
+    let argmax = |logits: &[f32]| {
+        (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best })
+    };
+    let (mut steps, mut flips) = (0, 0);
+    for question in PROMPTS {
+        let prompt = reference
+            .chat_prompt(&[Message::new("user", question)])
+            .expect("render the chat template");
+        let ids = reference
+            .tokenizer()
+            .encode(&prompt, false)
+            .expect("encode");
+        let (mut want_session, mut got_session) = (reference.session(), fast.session());
+        let (mut input, mut pos) = (ids, 0);
+        for _ in 0..COMPARED_TOKENS {
+            let want = want_session
+                .forward_last(&input, pos)
+                .expect("reference step");
+            let got = got_session.forward_last(&input, pos).expect("fast step");
+            let (w, g) = (argmax(&want), argmax(&got));
+            steps += 1;
+            if w != g {
+                flips += 1;
+                let margin = want[w] - want[g];
+                assert!(
+                    margin < NEAR_TIE_LOGITS,
+                    "{question:?} at position {pos}: fast picks {g}, the reference {w} by \
+                     {margin} logits"
+                );
+            }
+            if reference.stop_ids().contains(&(w as u32)) {
+                break;
+            }
+            pos += input.len();
+            input = vec![w as u32];
+        }
+    }
+    eprintln!("{flips} near-tie flips in {steps} teacher-forced steps");
+}
+
+/// Free-running greedy agreement of the default path, for the README's figures.
+#[test]
+fn default_fast_path_greedy_agreement_is_reported() {
+    let agreed = agreement(WeightFormat::default());
+    assert_eq!(agreed.len(), PROMPTS.len());
 }
 
 #[test]

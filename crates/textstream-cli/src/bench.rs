@@ -1,0 +1,113 @@
+//! `textstream bench`: the engine's speed figures, and llama.cpp's beside
+//! them when asked (run as a separate process so each side's peak memory is
+//! its own).
+
+use std::process::Command;
+
+use anyhow::Context;
+use serde_json::Value;
+use textstream_engine::bench::run_bench_with;
+use textstream_engine::model::LoadOptions;
+
+use crate::args::BenchArgs;
+use crate::load;
+
+/// Threads both engines use: the cores of the machine the figures are for.
+const THREADS: usize = 2;
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let path = load::model_path(&args.model)?;
+    let options = LoadOptions::default().weights(args.weights);
+    let ours = run_bench_with(&path, options, &args.prompt_lengths, args.new_tokens)?.to_json();
+    let theirs = if args.llamacpp {
+        let output = Command::new("python3")
+            .arg(&args.llamacpp_script)
+            .arg(&path)
+            .arg(args.new_tokens.to_string())
+            .arg(THREADS.to_string())
+            .output()
+            .with_context(|| format!("running {}", args.llamacpp_script.display()))?;
+        anyhow::ensure!(
+            output.status.success(),
+            "{} failed (is llama-cpp-python installed? see the script's header):\n{}",
+            args.llamacpp_script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Some(
+            serde_json::from_slice::<Value>(&output.stdout)
+                .context("reading llama.cpp's report")?,
+        )
+    } else {
+        None
+    };
+    if args.json {
+        println!("{ours}");
+        if let Some(theirs) = &theirs {
+            println!("{theirs}");
+        }
+        return Ok(());
+    }
+    print_table(&ours, theirs.as_ref());
+    Ok(())
+}
+
+fn number(value: &Value, key: &str) -> Option<f64> {
+    value.get(key).and_then(Value::as_f64)
+}
+
+fn cell(value: Option<f64>, decimals: usize) -> String {
+    value.map_or_else(|| "-".to_string(), |v| format!("{v:.decimals$}"))
+}
+
+fn print_table(ours: &Value, theirs: Option<&Value>) {
+    let engines: Vec<(&str, &Value)> = std::iter::once(("textstream", ours))
+        .chain(theirs.map(|t| ("llama.cpp", t)))
+        .collect();
+    println!(
+        "{:<8} {:<11} {:>9} {:>9} {:>13} {:>12} {:>10} {:>13}",
+        "prompt",
+        "engine",
+        "load ms",
+        "TTFT ms",
+        "prefill tok/s",
+        "decode tok/s",
+        "peak MiB",
+        "decode ratio"
+    );
+    let runs = ours["runs"].as_array().cloned().unwrap_or_default();
+    for run in &runs {
+        let prompt = run["prompt_tokens"].as_u64().unwrap_or(0);
+        let theirs_run = theirs.and_then(|t| {
+            t["runs"]
+                .as_array()?
+                .iter()
+                .find(|r| r["prompt_tokens"].as_u64() == Some(prompt))
+                .cloned()
+        });
+        for (name, report) in &engines {
+            let this_run = if *name == "textstream" {
+                Some(run.clone())
+            } else {
+                theirs_run.clone()
+            };
+            let Some(this_run) = this_run else { continue };
+            let ratio = match (*name, &theirs_run) {
+                ("textstream", Some(other)) => number(&this_run, "decode_tok_s")
+                    .zip(number(other, "decode_tok_s"))
+                    .map(|(a, b)| format!("{:.2}x", a / b)),
+                _ => None,
+            };
+            println!(
+                "{:<8} {:<11} {:>9} {:>9} {:>13} {:>12} {:>10} {:>13}",
+                prompt,
+                name,
+                cell(number(report, "load_ms"), 0),
+                cell(number(&this_run, "ttft_ms"), 0),
+                cell(number(&this_run, "prefill_tok_s"), 1),
+                cell(number(&this_run, "decode_tok_s"), 1),
+                cell(number(report, "peak_rss_mib"), 0),
+                ratio.unwrap_or_default(),
+            );
+        }
+    }
+}

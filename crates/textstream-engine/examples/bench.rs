@@ -1,0 +1,54 @@
+//! Prints the engine's benchmark as JSON: load time, and for prompts of 8,
+//! 128 and 1024 tokens the time to first token, prefill and decode speed
+//! over 256 greedy tokens, and peak memory.
+//!
+//! ```sh
+//! cargo run --release -p textstream-engine --example bench -- [WEIGHTS] [NEW_TOKENS]
+//! ```
+//!
+//! `WEIGHTS` is `reference` (candle's llama on the file's types) or a type
+//! for the fast path (`q8_0`, the default; `q4_0`, `q4_1`, `f16`, ...).
+
+use std::process::ExitCode;
+
+use textstream_engine::bench::{run_bench_with, DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_LENGTHS};
+use textstream_engine::llama::WeightFormat;
+use textstream_engine::model::LoadOptions;
+
+fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let weights: WeightFormat = match args.next().map(|a| a.parse()).transpose() {
+        Ok(w) => w.unwrap_or_default(),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let new_tokens = match args.next().map(|a| a.parse::<usize>()).transpose() {
+        Ok(n) => n.unwrap_or(DEFAULT_NEW_TOKENS),
+        Err(e) => {
+            eprintln!("NEW_TOKENS: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = match textstream_engine::model_file::resolve(None, &mut |_| {}) {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = LoadOptions::default().weights(weights);
+    match run_bench_with(&path, options, DEFAULT_PROMPT_LENGTHS, new_tokens) {
+        Ok(report) => {
+            let mut json = report.to_json();
+            json["weights"] = format!("{weights:?}").into();
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Throughput figures for one model file: load time, time to first token,
+//! prefill and decode speed, peak memory.
+//!
+//! [`run_bench`] loads the model, then for each prompt length runs a prompt
+//! of exactly that many tokens (a fixed English text's tokens, repeated) and
+//! greedily generates a fixed number of tokens, ignoring stop tokens so that
+//! every run decodes the same count. The loop is the engine's own: prefill
+//! and each decode step go through [`Session::forward_last`] and the greedy
+//! [`Sampler`], as in [`crate::generate`], without a streamer (streaming
+//! costs well under 1 % of a step; see `benches/streaming.rs`).
+//!
+//! `scripts/bench_llamacpp.py` measures llama.cpp the same way, so that the
+//! two reports can be printed side by side.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::model::{LoadOptions, Model, Session};
+use crate::sampling::{Sampler, SamplingConfig};
+use crate::EngineError;
+
+/// The prompt lengths of the standard comparison, in tokens.
+pub const DEFAULT_PROMPT_LENGTHS: &[usize] = &[8, 128, 1024];
+
+/// Tokens generated per run in the standard comparison.
+pub const DEFAULT_NEW_TOKENS: usize = 256;
+
+/// The text whose tokens, repeated, make every prompt (the same in
+/// `scripts/bench_llamacpp.py`).
+pub const PROMPT_TEXT: &str = "The sky is blue because molecules in the air scatter \
+    short wavelengths of sunlight more strongly than long ones. ";
+
+/// Tokens in the warm-up run before the measured ones (thread pool start,
+/// first-touch page faults), prompt and generated alike.
+const WARMUP_TOKENS: usize = 8;
+
+/// Figures for one prompt length.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BenchRun {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated (all decode steps plus the token sampled after prefill).
+    pub new_tokens: usize,
+    /// From the start of prefill to the first sampled token.
+    pub ttft: Duration,
+    /// Prompt tokens per second of prefill.
+    pub prefill_tokens_per_second: f64,
+    /// Tokens per second of decode steps (forward pass and sampling).
+    pub decode_tokens_per_second: f64,
+}
+
+/// What [`run_bench`] measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchReport {
+    /// From opening the file to a usable model.
+    pub load: Duration,
+    /// One entry per prompt length, in the order asked.
+    pub runs: Vec<BenchRun>,
+    /// The process's peak resident memory (`VmHWM`), in bytes, after all
+    /// runs; `None` where `/proc/self/status` is unavailable.
+    pub peak_rss_bytes: Option<u64>,
+}
+
+impl BenchReport {
+    /// The report as one JSON object, the shape `scripts/bench_llamacpp.py` prints.
+    pub fn to_json(&self) -> serde_json::Value {
+        let runs: Vec<_> = self
+            .runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "prompt_tokens": r.prompt_tokens,
+                    "new_tokens": r.new_tokens,
+                    "ttft_ms": r.ttft.as_secs_f64() * MS_PER_S,
+                    "prefill_tok_s": r.prefill_tokens_per_second,
+                    "decode_tok_s": r.decode_tokens_per_second,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "engine": "textstream",
+            "load_ms": self.load.as_secs_f64() * MS_PER_S,
+            "peak_rss_mib": self.peak_rss_bytes.map(|b| b as f64 / BYTES_PER_MIB),
+            "runs": runs,
+        })
+    }
+}
+
+const MS_PER_S: f64 = 1e3;
+const BYTES_PER_MIB: f64 = 1024.0 * 1024.0;
+
+/// Benchmarks the model at `model_path` with the default [`LoadOptions`].
+pub fn run_bench(
+    model_path: &Path,
+    prompt_lengths: &[usize],
+    new_tokens: usize,
+) -> Result<BenchReport, EngineError> {
+    run_bench_with(
+        model_path,
+        LoadOptions::default(),
+        prompt_lengths,
+        new_tokens,
+    )
+}
+
+/// Benchmarks the model at `model_path` loaded with `options`: one run per
+/// prompt length, each generating `new_tokens` tokens greedily.
+pub fn run_bench_with(
+    model_path: &Path,
+    options: LoadOptions,
+    prompt_lengths: &[usize],
+    new_tokens: usize,
+) -> Result<BenchReport, EngineError> {
+    if new_tokens == 0 {
+        return Err(EngineError::InvalidConfig {
+            field: "new_tokens",
+            reason: "must be at least 1".to_owned(),
+        });
+    }
+    let started = Instant::now();
+    let model = Model::load_with(model_path, options)?;
+    let load = started.elapsed();
+
+    let text_ids = model.tokenizer().encode(PROMPT_TEXT, false)?;
+    if text_ids.is_empty() {
+        return Err(EngineError::EmptyPrompt);
+    }
+    let prompt = |len: usize| {
+        text_ids
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect::<Vec<_>>()
+    };
+
+    let mut session = model.session();
+    measure(&mut session, &prompt(WARMUP_TOKENS), WARMUP_TOKENS)?;
+    let runs = prompt_lengths
+        .iter()
+        .map(|&len| measure(&mut session, &prompt(len), new_tokens))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(BenchReport {
+        load,
+        runs,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// Prefill `prompt`, then `new_tokens - 1` decode steps, greedily.
+fn measure(
+    session: &mut Session,
+    prompt: &[u32],
+    new_tokens: usize,
+) -> Result<BenchRun, EngineError> {
+    if prompt.is_empty() {
+        return Err(EngineError::EmptyPrompt);
+    }
+    if prompt.len() + new_tokens > session.context_length() {
+        return Err(EngineError::ContextOverflow {
+            prompt_tokens: prompt.len(),
+            max_new_tokens: new_tokens,
+            context_length: session.context_length(),
+        });
+    }
+    let mut sampler = Sampler::new(SamplingConfig::default())?;
+    let mut history = prompt.to_vec();
+    let start = Instant::now();
+    let mut logits = session.forward_last(prompt, 0)?;
+    let prefill = start.elapsed();
+    let mut id = sampler.sample(&mut logits, &history)?.id;
+    let ttft = start.elapsed();
+    let decode_start = Instant::now();
+    for pos in prompt.len()..prompt.len() + new_tokens - 1 {
+        history.push(id);
+        logits = session.forward_last(&[id], pos)?;
+        id = sampler.sample(&mut logits, &history)?.id;
+    }
+    let decode = decode_start.elapsed();
+    let per_second = |n: usize, d: Duration| match d.as_secs_f64() {
+        s if s > 0.0 => n as f64 / s,
+        _ => f64::INFINITY,
+    };
+    Ok(BenchRun {
+        prompt_tokens: prompt.len(),
+        new_tokens,
+        ttft,
+        prefill_tokens_per_second: per_second(prompt.len(), prefill),
+        decode_tokens_per_second: per_second(new_tokens - 1, decode),
+    })
+}
+
+/// `VmHWM` from `/proc/self/status`, in bytes.
+fn peak_rss_bytes() -> Option<u64> {
+    const BYTES_PER_KIB: u64 = 1024;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * BYTES_PER_KIB)
+}

@@ -8,6 +8,30 @@
 //! kept as the reference, [`llama::WeightFormat`]), [`bench`] measures it, and
 //! [`generate`] runs prefill, decode steps and [`sampling`], putting each token
 //! into the streamer.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use futures::StreamExt;
+//! use textstream_engine::{generate, model::Model, model_file, template::Message};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let path = model_file::resolve(None, &mut |_| {})?; // SmolLM2, fetched once
+//! let model = Arc::new(Model::load(&path)?);
+//! let prompt = model.chat_prompt(&[Message::new("user", "Why is the sky blue?")])?;
+//! let ids = model.tokenizer().encode(&prompt, model.tokenizer().add_bos)?;
+//! let (mut stream, worker) =
+//!     generate::run_generate(model, ids, generate::GenerateConfig::default(), None);
+//! futures::executor::block_on(async {
+//!     while let Some(text) = stream.next().await {
+//!         print!("{}", text?);
+//!     }
+//!     Ok::<_, textstream::StreamError>(())
+//! })?;
+//! let output = worker.join().expect("generation thread")?;
+//! println!("\n{} tokens, {:?}", output.tokens.len(), output.finish_reason);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod bench;
 mod error;

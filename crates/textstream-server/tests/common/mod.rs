@@ -70,6 +70,17 @@ impl TestServer {
         }
     }
 
+    /// A handle on a server the caller started and stops (by dropping the
+    /// runtime); [`TestServer::stop`] then does nothing.
+    pub fn running(base: String, state: AppState) -> Self {
+        Self {
+            base,
+            state,
+            shutdown: None,
+            task: None,
+        }
+    }
+
     /// The tiny model with default settings.
     pub async fn tiny() -> Self {
         Self::start(tiny_model(), ServerConfig::default()).await

@@ -17,7 +17,7 @@ use textstream_engine::template::Message;
 /// Tokens generated per run.
 const NEW_TOKENS: usize = 128;
 /// Runs of each kind, interleaved so that drift affects both alike.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 
 /// Accepts everything and keeps nothing: generation without streaming.
 struct Discard;

@@ -38,6 +38,9 @@ pub struct ModelArgs {
     /// once with pip and cached.
     #[arg(long, env = "TEXTSTREAM_MODEL", value_name = "PATH")]
     pub model: Option<PathBuf>,
+    /// A tokenizer.json to use instead of the tokenizer in the GGUF metadata.
+    #[arg(long, value_name = "PATH")]
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// Sampling and length limits.
@@ -122,9 +125,6 @@ pub struct ReplayArgs {
     /// Decode without special tokens.
     #[arg(long)]
     pub skip_special_tokens: bool,
-    /// A tokenizer.json to use instead of the model's GGUF metadata.
-    #[arg(long, value_name = "PATH")]
-    pub tokenizer: Option<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
 }

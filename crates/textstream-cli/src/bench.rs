@@ -17,7 +17,9 @@ const THREADS: usize = 2;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let path = load::model_path(&args.model)?;
-    let options = LoadOptions::default().weights(args.weights);
+    let options = LoadOptions::default()
+        .weights(args.weights)
+        .tokenizer_json(args.model.tokenizer.clone());
     let ours = run_bench_with(&path, options, &args.prompt_lengths, args.new_tokens)?.to_json();
     let theirs = if args.llamacpp {
         let output = Command::new("python3")

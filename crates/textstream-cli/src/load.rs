@@ -1,12 +1,12 @@
 //! Finding and loading the model, with progress on stderr.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
-use textstream_engine::model::Model;
+use textstream_engine::model::{LoadOptions, Model};
 use textstream_engine::model_file::{self, FetchEvent};
 use textstream_engine::tokenizer::GgufTokenizer;
 
@@ -57,18 +57,20 @@ fn show(bar: &ProgressBar, event: FetchEvent) {
 pub fn model(args: &ModelArgs) -> anyhow::Result<(Arc<Model>, Duration)> {
     let path = model_path(args)?;
     let started = Instant::now();
-    let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    let options = LoadOptions::default().tokenizer_json(args.tokenizer.clone());
+    let model =
+        Model::load_with(&path, options).with_context(|| format!("loading {}", path.display()))?;
     Ok((Arc::new(model), started.elapsed()))
 }
 
 /// Only the tokenizer (reads the GGUF metadata, not the weights).
-pub fn tokenizer(args: &ModelArgs, tokenizer_json: Option<&Path>) -> anyhow::Result<GgufTokenizer> {
+pub fn tokenizer(args: &ModelArgs) -> anyhow::Result<GgufTokenizer> {
     let path = model_path(args)?;
     let mut file =
         std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
     let content = candle_core::quantized::gguf_file::Content::read(&mut file)
         .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
-    Ok(match tokenizer_json {
+    Ok(match args.tokenizer.as_deref() {
         Some(json) => GgufTokenizer::from_tokenizer_json(json, &content)?,
         None => GgufTokenizer::from_gguf(&content)?,
     })

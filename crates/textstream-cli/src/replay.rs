@@ -21,7 +21,7 @@ struct Input {
 }
 
 pub fn run(args: ReplayArgs) -> anyhow::Result<()> {
-    let tokenizer = load::tokenizer(&args.model, args.tokenizer.as_deref())?;
+    let tokenizer = load::tokenizer(&args.model)?;
     let detokenizer = Detokenizer::new(tokenizer.tokenizer);
     let options = StreamOptions::default()
         .policy(args.mode.into())

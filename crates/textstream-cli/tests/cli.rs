@@ -235,3 +235,89 @@ fn bad_input_gives_a_clear_error_and_exit_status() {
     );
     let _ = std::fs::remove_file(tiny);
 }
+
+#[test]
+fn a_tokenizer_json_overrides_the_gguf_tokenizer() {
+    let model = default_model_path();
+    let mut file = std::fs::File::open(&model).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let tokenizer = textstream_engine::tokenizer::GgufTokenizer::from_gguf(&content).unwrap();
+    let json = std::env::temp_dir().join(format!(
+        "textstream-cli-{}-tokenizer.json",
+        std::process::id()
+    ));
+    tokenizer.tokenizer.save(&json, false).unwrap();
+    let with_json = textstream()
+        .args(["tokenize", "Hello, world!", "--tokenizer"])
+        .arg(&json)
+        .args(model_arg(&model))
+        .output()
+        .unwrap();
+    assert!(
+        with_json.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with_json.stderr)
+    );
+    assert_eq!(stdout(&with_json).trim(), "[19556,28,905,17]");
+
+    std::fs::write(&json, b"{ not a tokenizer").unwrap();
+    let broken = textstream()
+        .args(["tokenize", "Hello", "--tokenizer"])
+        .arg(&json)
+        .args(model_arg(&model))
+        .output()
+        .unwrap();
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&broken.stderr).contains("tokenizer"));
+    let _ = std::fs::remove_file(json);
+}
+
+/// Sends `GET path` and returns the status line, or `None` if nobody answers.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.lines().next().map(str::to_string)
+}
+
+#[test]
+fn serve_answers_and_exits_cleanly_on_sigterm() {
+    let tiny = tiny_model("serve");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = textstream()
+        .args(["serve", "--port", &port.to_string(), "--workers", "1"])
+        .args(model_arg(&tiny))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = http_get(port, "/health") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.contains("200"), "{status}");
+    let killed = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exit = server.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "serve did not exit 0 on SIGTERM");
+    let _ = std::fs::remove_file(tiny);
+}

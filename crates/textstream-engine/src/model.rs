@@ -104,15 +104,25 @@ pub struct LoadTimings {
 }
 
 /// How [`Model::load_with`] loads a file.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoadOptions {
     /// How the weights are held and run. By default, the engine's fast path
     /// ([`WeightFormat::default`]).
     pub weights: WeightFormat,
+    /// A `tokenizer.json` to use instead of the tokenizer described by the
+    /// GGUF metadata (special ids still come from the metadata). By default,
+    /// none.
+    pub tokenizer_json: Option<PathBuf>,
 }
 
 impl LoadOptions {
+    /// Sets the `tokenizer.json` override.
+    pub fn tokenizer_json(mut self, path: Option<PathBuf>) -> Self {
+        self.tokenizer_json = path;
+        self
+    }
+
     /// Sets how the weights are held and run.
     pub fn weights(mut self, weights: WeightFormat) -> Self {
         self.weights = weights;
@@ -165,7 +175,10 @@ impl Model {
         let info = check(path, &content, file_size)?;
         let metadata = start.elapsed();
 
-        let tokenizer = GgufTokenizer::from_gguf(&content)?;
+        let tokenizer = match &options.tokenizer_json {
+            Some(json) => GgufTokenizer::from_tokenizer_json(json, &content)?,
+            None => GgufTokenizer::from_gguf(&content)?,
+        };
         let tokenizer_done = start.elapsed();
 
         let device = Device::Cpu;

@@ -169,9 +169,9 @@ impl From<Mode> for textstream::Policy {
 /// `textstream bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// How the weights are run: `reference` (candle's llama with the file's
-    /// types) or a type the fast path converts matrices to (`q8_0`, `q4_1`, `f32`).
-    #[arg(long, default_value = "q8_0")]
+    /// How the weights are run: `fast` (the engine's own kernels) or
+    /// `reference` (candle's llama), both on the file's own values.
+    #[arg(long, default_value = "fast")]
     pub weights: textstream_engine::llama::WeightFormat,
     /// Prompt lengths, in tokens.
     #[arg(long, value_delimiter = ',', default_values_t = [8usize, 128, 1024])]

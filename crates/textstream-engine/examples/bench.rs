@@ -6,8 +6,8 @@
 //! cargo run --release -p textstream-engine --example bench -- [WEIGHTS] [NEW_TOKENS]
 //! ```
 //!
-//! `WEIGHTS` is `reference` (candle's llama on the file's types) or a type
-//! for the fast path (`q8_0`, the default; `q4_0`, `q4_1`, `f16`, ...).
+//! `WEIGHTS` is `fast` (the engine's own kernels, the default) or
+//! `reference` (candle's llama), both on the file's own values.
 
 use std::process::ExitCode;
 

@@ -39,6 +39,7 @@ pub mod generate;
 pub mod llama;
 pub mod model;
 pub mod model_file;
+pub mod quant;
 pub mod sampling;
 pub mod template;
 #[doc(hidden)]

@@ -1,29 +1,29 @@
-//! The engine's own llama forward pass: candle tensors and [`QMatMul`], with
-//! the weights re-laid for speed and a preallocated KV cache.
+//! The engine's own llama forward pass: the [`quant`](crate::quant)
+//! kernels on the file's own values, plain f32 buffers in between, a
+//! preallocated KV cache, all on one rayon pool.
 //!
 //! candle's `quantized_llama::ModelWeights` (kept as the reference, see
 //! [`WeightFormat::Reference`]) is correct but slow on a small model on few
-//! cores, for three reasons this module removes:
+//! cores, for reasons this module removes:
 //!
 //! - **No SIMD kernel for the file's type.** candle multiplies Q4_1 with a
-//!   scalar loop. [`LlamaWeights::load`] re-quantizes every matrix once, at
-//!   load, to a type with an AVX2/AVX-512 kernel (by default
-//!   [`DEFAULT_FAST_DTYPE`], Q8_0: 8 bits hold the 16 levels of a Q4_1 block
-//!   to within half a Q8_0 step, so greedy output stays that of the file).
-//! - **Many small matmuls.** Q, K and V share their input, and so do the
-//!   feed-forward gate and up projections: each group becomes one matrix
-//!   whose rows are the parts stacked, so a layer runs 4 matmuls, not 7.
+//!   scalar loop. The [`quant`](crate::quant) kernels take Q4_1, Q4_0 and
+//!   Q8_0 as they are (AVX-512 VNNI, one instruction per 64 products), so
+//!   the fast path computes with exactly the file's weights.
+//! - **Hundreds of small tensor operations per token**, each a dispatch and
+//!   an allocation, and a thread pool woken for each. Here a layer is four
+//!   matrix products (Q, K and V stacked into one matrix, gate and up into
+//!   another) and a few loops over plain slices, and the whole step runs
+//!   inside one rayon pool, so the products split across cores without a
+//!   hand-off.
 //! - **A KV cache rebuilt every step.** The reference concatenates the whole
-//!   cache onto the new key at every token (O(n) copies per step, O(n²) per
-//!   sequence). [`KvCache`] allocates each layer's keys and values for the
-//!   whole context once and writes each new position in place; the zeroed
-//!   allocation is only backed by memory as positions are written.
-//!
-//! The attention scale `1/sqrt(head_dim)` is folded into the rotary table
-//! used for queries (a power of two for every llama head size in use, so the
-//! result is bit-for-bit the scaled product), and grouped-query attention
-//! multiplies each KV head by its group of query heads at once instead of
-//! copying the keys for every query head.
+//!   cache onto the new key at every token (O(n) copies per step). [`KvCache`]
+//!   allocates each layer's keys and values for the whole context once
+//!   (zeroed memory, backed only as positions are written) and writes each
+//!   new position in place. Keys are stored in tiles of
+//!   [`KEY_TILE`] positions, dimension-major inside a tile, so a query's
+//!   scores against 16 keys are 16 lanes of one multiply-add per dimension,
+//!   and one pass over a KV head's keys serves its whole group of query heads.
 //!
 //! Prefill and decode share [`LlamaWeights::forward_last`]: a decode step is a
 //! prompt of one token.
@@ -31,60 +31,48 @@
 use std::io::{Read, Seek};
 
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Result};
+use rayon::prelude::*;
 
-/// The type matrices are re-quantized to by default: Q8_0 has an AVX2 and an
-/// AVX-512 VNNI kernel in candle, and loses nothing that decides greedy
-/// output on the default model (see `tests/fast_path.rs`).
-pub const DEFAULT_FAST_DTYPE: GgmlDType = GgmlDType::Q8_0;
+use crate::quant::{dot_f32, Activations, GgufBlocks, Matrix};
 
 /// Rotary base when the file does not give `llama.rope.freq_base`, as in
 /// llama.cpp and candle.
 const DEFAULT_ROPE_FREQ_BASE: f32 = 10_000.0;
 
+/// Tokens of a prompt one parallel task takes in the element-wise steps.
+const TOKENS_PER_TASK: usize = 8;
+
+/// Key positions per tile of the key cache (16 f32 lanes: one AVX-512 register).
+pub const KEY_TILE: usize = 16;
+
 /// How the weights of a llama model are held and run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum WeightFormat {
     /// candle's `quantized_llama::ModelWeights` with the file's own types:
     /// the reference the fast path is checked against.
     Reference,
-    /// This module's forward pass, every matrix converted to the given type
-    /// at load (`F32`/`F16` dequantize; the file's own type keeps its bytes).
-    Fast(GgmlDType),
-}
-
-impl Default for WeightFormat {
-    /// By default, the fast path with [`DEFAULT_FAST_DTYPE`].
-    fn default() -> Self {
-        Self::Fast(DEFAULT_FAST_DTYPE)
-    }
+    /// This module's forward pass on the file's own values (Q4_0, Q4_1 and
+    /// Q8_0 kept bit for bit; other quantized types re-rounded to 8 bits per
+    /// value at load; F32 kept). The default.
+    #[default]
+    Fast,
 }
 
 impl std::str::FromStr for WeightFormat {
     type Err = String;
 
-    /// `reference`, or a type name for the fast path: `q8_0` (the default),
-    /// `q4_0`, `q4_1`, `q5_0`, `q5_1`, `f16`, `f32`.
+    /// `reference` or `fast`.
     fn from_str(name: &str) -> std::result::Result<Self, String> {
-        let dtype = match name.to_ascii_lowercase().as_str() {
-            "reference" => return Ok(Self::Reference),
-            "q8_0" => GgmlDType::Q8_0,
-            "q4_0" => GgmlDType::Q4_0,
-            "q4_1" => GgmlDType::Q4_1,
-            "q5_0" => GgmlDType::Q5_0,
-            "q5_1" => GgmlDType::Q5_1,
-            "f16" => GgmlDType::F16,
-            "f32" => GgmlDType::F32,
-            _ => {
-                return Err(format!(
-                    "unknown weight format {name:?}: expected reference, q8_0, q4_0, q4_1, \
-                     q5_0, q5_1, f16 or f32"
-                ))
-            }
-        };
-        Ok(Self::Fast(dtype))
+        match name.to_ascii_lowercase().as_str() {
+            "reference" => Ok(Self::Reference),
+            "fast" => Ok(Self::Fast),
+            _ => Err(format!(
+                "unknown weight format {name:?}: expected reference or fast"
+            )),
+        }
     }
 }
 
@@ -102,260 +90,409 @@ struct Shape {
 }
 
 /// One transformer block.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Block {
-    attn_norm: Tensor,
+    attn_norm: Vec<f32>,
     /// Q, K and V stacked: `[(heads + 2 * kv_heads) * head_dim, hidden]`.
-    qkv: QMatMul,
-    output: QMatMul,
-    ffn_norm: Tensor,
+    qkv: Matrix,
+    output: Matrix,
+    ffn_norm: Vec<f32>,
     /// Gate and up stacked: `[2 * feed_forward, hidden]`.
-    gate_up: QMatMul,
-    down: QMatMul,
+    gate_up: Matrix,
+    down: Matrix,
 }
 
 /// A llama model's weights, shared by sessions (in an `Arc`).
 #[derive(Debug)]
 pub struct LlamaWeights {
     shape: Shape,
-    /// The token embedding in the file's type; rows are dequantized on lookup.
-    embedding: QTensor,
+    /// The token embedding; rows are dequantized on lookup.
+    embedding: Matrix,
+    /// The output projection, or `None` when it is the embedding (tied).
+    output: Option<Matrix>,
     blocks: Vec<Block>,
-    output_norm: Tensor,
-    output: QMatMul,
-    /// Rotary tables `[positions, head_dim / 2]`; the query ones carry the
-    /// attention scale.
-    cos: Tensor,
-    sin: Tensor,
-    cos_q: Tensor,
-    sin_q: Tensor,
+    output_norm: Vec<f32>,
+    /// Per position, `cos` then `sin` of each pair's rotation angle.
+    rotary: Vec<f32>,
     max_positions: usize,
+    pool: rayon::ThreadPool,
 }
 
 /// One sequence's keys and values, allocated for the whole context at once.
 #[derive(Debug)]
 pub struct KvCache {
-    /// Per block, `[kv_heads, max_positions, head_dim]` each.
-    layers: Vec<(Tensor, Tensor)>,
+    /// Per block: keys `[kv_heads][positions / KEY_TILE][head_dim][KEY_TILE]`
+    /// and values `[kv_heads][positions][head_dim]`.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    activations: Activations,
+}
+
+/// What one step computes, sized for its tokens.
+struct Buffers {
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    projected: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
 }
 
 impl LlamaWeights {
     /// Reads every tensor of a llama GGUF file (already checked by the caller)
-    /// and converts the matrices to `dtype`; sessions hold up to
-    /// `max_positions` tokens.
+    /// into the kernels' layouts; sessions hold up to `max_positions` tokens
+    /// and their products run on `threads` threads.
     pub fn load<R: Read + Seek>(
         content: &Content,
         reader: &mut R,
-        dtype: GgmlDType,
         max_positions: usize,
+        threads: usize,
     ) -> Result<Self> {
-        let device = Device::Cpu;
         let shape = read_shape(content)?;
-        let mut tensor = |name: &str| content.tensor(reader, name, &device);
+        let mut read = |name: &str| content.tensor(reader, name, &Device::Cpu);
 
-        let embedding = tensor("token_embd.weight")?;
-        // Tied embeddings (no output.weight): the output matrix is a copy of
-        // the embedding, which stays in the file's type for row lookups.
+        let embedding = matrix(&[&read("token_embd.weight")?])?;
         let output = match content.tensor_infos.contains_key("output.weight") {
-            true => tensor("output.weight")?,
-            false => clone_qtensor(&embedding)?,
+            true => Some(matrix(&[&read("output.weight")?])?),
+            false => None,
         };
-        let output_norm = tensor("output_norm.weight")?.dequantize(&device)?;
+        let output_norm = vector(&read("output_norm.weight")?)?;
         let mut blocks = Vec::with_capacity(shape.blocks);
         for i in 0..shape.blocks {
-            let mut part = |name: &str| tensor(&format!("blk.{i}.{name}.weight"));
-            let attn_norm = part("attn_norm")?.dequantize(&device)?;
-            let ffn_norm = part("ffn_norm")?.dequantize(&device)?;
-            let q = part("attn_q")?;
-            let k = part("attn_k")?;
-            let v = part("attn_v")?;
-            let attn_output = part("attn_output")?;
-            let gate = part("ffn_gate")?;
-            let up = part("ffn_up")?;
-            let down = part("ffn_down")?;
+            let mut part = |name: &str| read(&format!("blk.{i}.{name}.weight"));
             blocks.push(Block {
-                attn_norm,
-                qkv: stacked(&[&q, &k, &v], dtype)?,
-                output: stacked(&[&attn_output], dtype)?,
-                ffn_norm,
-                gate_up: stacked(&[&gate, &up], dtype)?,
-                down: stacked(&[&down], dtype)?,
+                attn_norm: vector(&part("attn_norm")?)?,
+                qkv: matrix(&[&part("attn_q")?, &part("attn_k")?, &part("attn_v")?])?,
+                output: matrix(&[&part("attn_output")?])?,
+                ffn_norm: vector(&part("ffn_norm")?)?,
+                gate_up: matrix(&[&part("ffn_gate")?, &part("ffn_up")?])?,
+                down: matrix(&[&part("ffn_down")?])?,
             });
         }
-        let output = stacked(&[&output], dtype)?;
-
-        let (cos, sin) = rotary_tables(&shape, max_positions, 1.0)?;
-        let scale = 1.0 / (shape.head_dim as f64).sqrt();
-        let (cos_q, sin_q) = rotary_tables(&shape, max_positions, scale)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("textstream-kernel-{i}"))
+            .build()
+            .map_err(|e| candle_core::Error::Msg(format!("starting the thread pool: {e}")))?;
         Ok(Self {
+            rotary: rotary_table(&shape, max_positions),
             shape,
             embedding,
+            output,
             blocks,
             output_norm,
-            output,
-            cos,
-            sin,
-            cos_q,
-            sin_q,
             max_positions,
+            pool,
         })
     }
 
     /// An empty cache for one sequence of up to `max_positions` tokens.
     pub fn new_cache(&self) -> Result<KvCache> {
         let s = &self.shape;
+        let tiles = self.max_positions.div_ceil(KEY_TILE);
         let layers = (0..s.blocks)
             .map(|_| {
-                let dims = (s.kv_heads, self.max_positions, s.head_dim);
-                Ok((
-                    Tensor::zeros(dims, DType::F32, &Device::Cpu)?,
-                    Tensor::zeros(dims, DType::F32, &Device::Cpu)?,
-                ))
+                (
+                    vec![0.0; s.kv_heads * tiles * KEY_TILE * s.head_dim],
+                    vec![0.0; s.kv_heads * self.max_positions * s.head_dim],
+                )
             })
-            .collect::<Result<_>>()?;
-        Ok(KvCache { layers })
+            .collect();
+        Ok(KvCache {
+            layers,
+            activations: Activations::new(),
+        })
     }
 
     /// Runs `ids` at positions `pos..pos + ids.len()`, writing their keys and
     /// values into `cache`, and returns the logits after the last one.
     pub fn forward_last(&self, cache: &mut KvCache, ids: &[u32], pos: usize) -> Result<Vec<f32>> {
-        let s = &self.shape;
-        let t = ids.len();
-        let end = pos + t;
-        if t == 0 || end > self.max_positions {
+        let end = pos + ids.len();
+        if ids.is_empty() || end > self.max_positions {
             candle_core::bail!("positions {pos}..{end} outside 1..={}", self.max_positions)
         }
-        let device = Device::Cpu;
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= self.embedding.rows()) {
+            candle_core::bail!("token id {id} is outside the vocabulary")
+        }
+        Ok(self.pool.install(|| self.forward(cache, ids, pos)))
+    }
+
+    fn forward(&self, cache: &mut KvCache, ids: &[u32], pos: usize) -> Vec<f32> {
+        let s = &self.shape;
+        let t = ids.len();
         let q_width = s.heads * s.head_dim;
         let kv_width = s.kv_heads * s.head_dim;
-        let group = s.heads / s.kv_heads;
-
-        let cos = self.cos.narrow(0, pos, t)?;
-        let sin = self.sin.narrow(0, pos, t)?;
-        let cos_q = self.cos_q.narrow(0, pos, t)?;
-        let sin_q = self.sin_q.narrow(0, pos, t)?;
-        // Additive causal mask [t, end] for a prompt; a single token sees all.
-        let mask = match t {
-            1 => None,
-            _ => Some(causal_mask(t, pos, &device)?),
+        let qkv_width = q_width + 2 * kv_width;
+        let mut b = Buffers {
+            x: vec![0.0; t * s.hidden],
+            normed: vec![0.0; t * s.hidden],
+            qkv: vec![0.0; t * qkv_width],
+            attn: vec![0.0; t * q_width],
+            projected: vec![0.0; t * s.hidden],
+            gate_up: vec![0.0; t * 2 * s.feed_forward],
+            act: vec![0.0; t * s.feed_forward],
         };
-
-        let mut x = self.embedding.embedding(&Tensor::new(ids, &device)?)?;
-        for (block, (k_cache, v_cache)) in self.blocks.iter().zip(&mut cache.layers) {
-            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, s.rms_eps)?;
-            let qkv = block.qkv.forward(&h)?;
-            // [t, heads * head_dim] -> [heads, t, head_dim], as rope_i wants.
-            let heads = |offset, n: usize| {
-                qkv.narrow(1, offset, n * s.head_dim)?
-                    .reshape((t, n, s.head_dim))?
-                    .transpose(0, 1)?
-                    .contiguous()?
-                    .unsqueeze(0)
-            };
-            let q = candle_nn::rotary_emb::rope_i(&heads(0, s.heads)?, &cos_q, &sin_q)?;
-            let k = candle_nn::rotary_emb::rope_i(&heads(q_width, s.kv_heads)?, &cos, &sin)?;
-            let v = heads(q_width + kv_width, s.kv_heads)?;
-            k_cache.slice_set(&k.squeeze(0)?, 1, pos)?;
-            v_cache.slice_set(&v.squeeze(0)?, 1, pos)?;
-            let keys = k_cache.narrow(1, 0, end)?;
-            let values = v_cache.narrow(1, 0, end)?;
-
-            // Each KV head against its group of query heads: [kv_heads, group * t, head_dim].
-            let q = q.reshape((s.kv_heads, group * t, s.head_dim))?;
-            let scores = q.matmul(&keys.t()?)?;
-            let scores = match &mask {
-                None => scores,
-                Some(mask) => scores
-                    .reshape((s.kv_heads, group, t, end))?
-                    .broadcast_add(mask)?
-                    .reshape((s.kv_heads, group * t, end))?,
-            };
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let attn = probs
-                .matmul(&values)?
-                .reshape((s.heads, t, s.head_dim))?
-                .transpose(0, 1)?
-                .reshape((t, q_width))?;
-            x = (x + block.output.forward(&attn)?)?;
-
-            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, s.rms_eps)?;
-            let gate_up = block.gate_up.forward(&h)?;
-            let gate = gate_up.narrow(1, 0, s.feed_forward)?;
-            let up = gate_up.narrow(1, s.feed_forward, s.feed_forward)?;
-            let act = (candle_nn::ops::silu(&gate)? * up)?;
-            x = (x + block.down.forward(&act)?)?;
+        for (x, &id) in b.x.chunks_exact_mut(s.hidden).zip(ids) {
+            self.embedding.dequantize_row(id as usize, x);
         }
-        let last = x.narrow(0, t - 1, 1)?;
-        let last = candle_nn::ops::rms_norm(&last, &self.output_norm, s.rms_eps)?;
-        self.output.forward(&last)?.squeeze(0)?.to_vec1::<f32>()
+        let acts = &mut cache.activations;
+        for (block, (keys, values)) in self.blocks.iter().zip(&mut cache.layers) {
+            rms_norm(&b.x, &block.attn_norm, s.rms_eps, &mut b.normed);
+            block.qkv.matmul(&b.normed, &mut b.qkv, acts);
+            for (i, token) in b.qkv.chunks_exact_mut(qkv_width).enumerate() {
+                let rotation = self.rotation(pos + i);
+                for head in token[..q_width + kv_width].chunks_exact_mut(s.head_dim) {
+                    rotate(head, rotation);
+                }
+                store_kv(
+                    s,
+                    keys,
+                    values,
+                    self.max_positions,
+                    pos + i,
+                    &token[q_width..],
+                );
+            }
+            self.attention(keys, values, &b.qkv, pos, &mut b.attn);
+            block.output.matmul(&b.attn, &mut b.projected, acts);
+            add(&mut b.x, &b.projected);
+
+            rms_norm(&b.x, &block.ffn_norm, s.rms_eps, &mut b.normed);
+            block.gate_up.matmul(&b.normed, &mut b.gate_up, acts);
+            b.act
+                .par_chunks_exact_mut(s.feed_forward)
+                .zip(b.gate_up.par_chunks_exact(2 * s.feed_forward))
+                .with_min_len(TOKENS_PER_TASK)
+                .for_each(|(act, gate_up)| {
+                    let (gate, up) = gate_up.split_at(s.feed_forward);
+                    for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
+                        *a = g / (1.0 + (-g).exp()) * u;
+                    }
+                });
+            block.down.matmul(&b.act, &mut b.projected, acts);
+            add(&mut b.x, &b.projected);
+        }
+        let last = &b.x[(t - 1) * s.hidden..];
+        let mut normed = vec![0.0; s.hidden];
+        rms_norm(last, &self.output_norm, s.rms_eps, &mut normed);
+        let output = self.output.as_ref().unwrap_or(&self.embedding);
+        let mut logits = vec![0.0; output.rows()];
+        output.matmul(&normed, &mut logits, acts);
+        logits
+    }
+
+    /// `cos` then `sin` of each pair's angle at `position`, with the
+    /// attention scale `1/sqrt(head_dim)` left out (applied to scores).
+    fn rotation(&self, position: usize) -> &[f32] {
+        let half = self.shape.head_dim / 2;
+        &self.rotary[position * 2 * half..][..2 * half]
+    }
+
+    /// Causal attention of the `t` queries in `qkv` (positions `pos..`)
+    /// over the cached keys and values, into `out` (`[t][heads * head_dim]`).
+    fn attention(&self, keys: &[f32], values: &[f32], qkv: &[f32], pos: usize, out: &mut [f32]) {
+        let s = &self.shape;
+        let group = s.heads / s.kv_heads;
+        let qkv_width = (s.heads + 2 * s.kv_heads) * s.head_dim;
+        let group_width = group * s.head_dim;
+        let tiles = self.max_positions.div_ceil(KEY_TILE);
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        // One task per (token, KV head): its group of query heads, side by side in `out`.
+        out.par_chunks_mut(group_width).enumerate().for_each_init(
+            Vec::new,
+            |scores, (task, out)| {
+                let (i, kv_head) = (task / s.kv_heads, task % s.kv_heads);
+                let queries = &qkv[i * qkv_width + kv_head * group_width..][..group_width];
+                let keys = &keys[kv_head * tiles * KEY_TILE * s.head_dim..]
+                    [..tiles * KEY_TILE * s.head_dim];
+                let values = &values[kv_head * self.max_positions * s.head_dim..]
+                    [..self.max_positions * s.head_dim];
+                attend(
+                    queries,
+                    keys,
+                    values,
+                    pos + i + 1,
+                    s.head_dim,
+                    scale,
+                    scores,
+                    out,
+                );
+            },
+        );
     }
 }
 
-/// Types candle 0.11 multiplies with a scalar loop on x86: the ones worth
-/// converting at load.
-const SCALAR_KERNEL_TYPES: &[GgmlDType] = &[GgmlDType::Q4_1, GgmlDType::Q5_0, GgmlDType::Q5_1];
+/// One KV head's attention for its group of queries (`[group][head_dim]`)
+/// over keys and values `0..seen`, into `out` (`[group][head_dim]`).
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    queries: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    seen: usize,
+    head_dim: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let group = queries.len() / head_dim;
+    let tiles = seen.div_ceil(KEY_TILE);
+    let padded = tiles * KEY_TILE;
+    scores.clear();
+    scores.resize(group * padded, 0.0);
+    for (tile, keys) in keys
+        .chunks_exact(KEY_TILE * head_dim)
+        .take(tiles)
+        .enumerate()
+    {
+        for (query, scores) in queries
+            .chunks_exact(head_dim)
+            .zip(scores.chunks_exact_mut(padded))
+        {
+            let mut lanes = [0.0f32; KEY_TILE];
+            for (&q, key) in query.iter().zip(keys.chunks_exact(KEY_TILE)) {
+                for (lane, &k) in lanes.iter_mut().zip(key) {
+                    *lane += q * k;
+                }
+            }
+            scores[tile * KEY_TILE..][..KEY_TILE].copy_from_slice(&lanes);
+        }
+    }
+    out.fill(0.0);
+    for (scores, out) in scores
+        .chunks_exact_mut(padded)
+        .zip(out.chunks_exact_mut(head_dim))
+    {
+        let scores = &mut scores[..seen];
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
+        let mut total = 0.0;
+        for v in scores.iter_mut() {
+            *v = (*v * scale - max).exp();
+            total += *v;
+        }
+        for (&p, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
+            for (o, &v) in out.iter_mut().zip(value) {
+                *o += p * v;
+            }
+        }
+        let inverse = 1.0 / total;
+        out.iter_mut().for_each(|o| *o *= inverse);
+    }
+}
 
-/// The matrices `parts` (same columns) stacked by rows into one. When they
-/// share a type that has a SIMD kernel (or is `dtype` already) their bytes are
-/// kept as they are; otherwise they go through f32 to `dtype`.
-fn stacked(parts: &[&QTensor], dtype: GgmlDType) -> Result<QMatMul> {
+/// Writes one position's keys and values (`kv = [keys | values]`, each
+/// `[kv_heads][head_dim]`) into a layer's cache.
+fn store_kv(
+    s: &Shape,
+    keys: &mut [f32],
+    values: &mut [f32],
+    positions: usize,
+    position: usize,
+    kv: &[f32],
+) {
+    let kv_width = s.kv_heads * s.head_dim;
+    let tiles = positions.div_ceil(KEY_TILE);
+    let (tile, lane) = (position / KEY_TILE, position % KEY_TILE);
+    for head in 0..s.kv_heads {
+        let key = &kv[head * s.head_dim..][..s.head_dim];
+        let tile_start = ((head * tiles + tile) * s.head_dim) * KEY_TILE;
+        for (d, &k) in key.iter().enumerate() {
+            keys[tile_start + d * KEY_TILE + lane] = k;
+        }
+        let value = &kv[kv_width + head * s.head_dim..][..s.head_dim];
+        values[(head * positions + position) * s.head_dim..][..s.head_dim].copy_from_slice(value);
+    }
+}
+
+/// Rotates each pair `(x[2i], x[2i + 1])` of one head by its angle
+/// (GGUF's llama weights are laid out for adjacent pairs).
+fn rotate(head: &mut [f32], rotation: &[f32]) {
+    let (cos, sin) = rotation.split_at(head.len() / 2);
+    for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+        let (a, b) = (pair[0], pair[1]);
+        pair[0] = a * c - b * s;
+        pair[1] = a * s + b * c;
+    }
+}
+
+/// `out = x / rms(x) * weight`, row by row.
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let mean_square = dot_f32(x, x) / n as f32;
+        let inverse = 1.0 / (mean_square + eps).sqrt();
+        for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+            *o = v * inverse * w;
+        }
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+}
+
+/// A norm's weights as f32.
+fn vector(t: &QTensor) -> Result<Vec<f32>> {
+    t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()
+}
+
+/// The matrices `parts` (same columns) stacked by rows into one kernel
+/// matrix. Parts in a type the kernels read keep their values; the rest go
+/// through f32.
+fn matrix(parts: &[&QTensor]) -> Result<Matrix> {
     let first = parts[0].dtype();
-    let columns = parts[0].shape().dims2()?.1;
+    let cols = parts[0].shape().dims2()?.1;
     let rows: usize = parts
         .iter()
         .map(|p| p.shape().dims2().map(|(r, _)| r))
         .sum::<Result<usize>>()?;
     let same_type = parts.iter().all(|p| p.dtype() == first);
-    let keep = same_type && (first == dtype || !SCALAR_KERNEL_TYPES.contains(&first));
-    let tensor = if keep {
-        let mut bytes = Vec::new();
-        for part in parts {
-            bytes.extend_from_slice(&part.data()?);
-        }
-        qtensor_from_ggml(first, &bytes, vec![rows, columns], &Device::Cpu)?
-    } else {
-        let f32_parts = parts
-            .iter()
-            .map(|p| p.dequantize(&Device::Cpu))
-            .collect::<Result<Vec<_>>>()?;
-        let whole = Tensor::cat(&f32_parts, 0)?;
-        QTensor::quantize(&whole, dtype)?
+    let direct = match first {
+        GgmlDType::Q4_1 => Some(GgufBlocks::Q4_1),
+        GgmlDType::Q4_0 => Some(GgufBlocks::Q4_0),
+        GgmlDType::Q8_0 => Some(GgufBlocks::Q8_0),
+        _ => None,
     };
-    QMatMul::from_qtensor(tensor)
+    let built = match (direct, same_type) {
+        (Some(kind), true) => {
+            let mut bytes = Vec::new();
+            for part in parts {
+                bytes.extend_from_slice(&part.data()?);
+            }
+            Matrix::from_gguf(kind, &bytes, rows, cols)
+        }
+        _ => {
+            let mut values = Vec::with_capacity(rows * cols);
+            for part in parts {
+                values.extend(
+                    part.dequantize(&Device::Cpu)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                );
+            }
+            match parts.iter().all(|p| p.dtype() == GgmlDType::F32) {
+                true => Matrix::from_f32(values, rows, cols),
+                false => Matrix::quantize_eight(&values, rows, cols),
+            }
+        }
+    };
+    built.map_err(|e| candle_core::Error::Msg(e.to_string()))
 }
 
-fn clone_qtensor(t: &QTensor) -> Result<QTensor> {
-    qtensor_from_ggml(
-        t.dtype(),
-        &t.data()?,
-        t.shape().dims().to_vec(),
-        &Device::Cpu,
-    )
-}
-
-/// `cos` and `sin` of every position's rotation, `[positions, head_dim / 2]`,
-/// times `scale`, computed as candle's llama does.
-fn rotary_tables(shape: &Shape, positions: usize, scale: f64) -> Result<(Tensor, Tensor)> {
-    let device = Device::Cpu;
+/// Per position, `cos` then `sin` of each pair's angle `position * theta_i`,
+/// `theta_i = base^(-2i / head_dim)`, in f32 as candle's llama computes them.
+fn rotary_table(shape: &Shape, positions: usize) -> Vec<f32> {
     let theta: Vec<f32> = (0..shape.head_dim)
         .step_by(2)
         .map(|i| 1.0 / shape.rope_freq_base.powf(i as f32 / shape.head_dim as f32))
         .collect();
-    let theta = Tensor::new(theta.as_slice(), &device)?;
-    let angles = Tensor::arange(0, positions as u32, &device)?
-        .to_dtype(DType::F32)?
-        .reshape((positions, 1))?
-        .matmul(&theta.reshape((1, theta.elem_count()))?)?;
-    Ok(((angles.cos()? * scale)?, (angles.sin()? * scale)?))
-}
-
-/// 0 where query `i` (at `pos + i`) may see key `j`, minus infinity after it.
-fn causal_mask(t: usize, pos: usize, device: &Device) -> Result<Tensor> {
-    let end = pos + t;
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..end).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (t, end), device)
+    let mut table = Vec::with_capacity(positions * shape.head_dim);
+    for position in 0..positions {
+        let angles = theta.iter().map(|t| position as f32 * t);
+        table.extend(angles.clone().map(f32::cos));
+        table.extend(angles.map(f32::sin));
+    }
+    table
 }
 
 fn read_shape(content: &Content) -> Result<Shape> {

@@ -114,6 +114,9 @@ pub struct LoadOptions {
     /// GGUF metadata (special ids still come from the metadata). By default,
     /// none.
     pub tokenizer_json: Option<PathBuf>,
+    /// Threads the fast path's matrix products run on. By default (`None`),
+    /// one per core the process may use.
+    pub threads: Option<usize>,
 }
 
 impl LoadOptions {
@@ -121,6 +124,19 @@ impl LoadOptions {
     pub fn tokenizer_json(mut self, path: Option<PathBuf>) -> Self {
         self.tokenizer_json = path;
         self
+    }
+
+    /// Sets the number of threads (`None`: one per core).
+    pub fn threads(mut self, threads: Option<usize>) -> Self {
+        self.threads = threads;
+        self
+    }
+
+    /// Threads to run on: [`LoadOptions::threads`] or one per core.
+    fn thread_count(&self) -> usize {
+        self.threads
+            .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
+            .unwrap_or(1)
     }
 
     /// Sets how the weights are held and run.
@@ -186,10 +202,13 @@ impl Model {
         let weights = guarded("loading the weights", || match options.weights {
             WeightFormat::Reference => ModelWeights::from_gguf(content, &mut reader, &device)
                 .map(|weights| Weights::Reference(Box::new(weights))),
-            WeightFormat::Fast(dtype) => {
-                LlamaWeights::load(&content, &mut reader, dtype, context_length)
-                    .map(|w| Weights::Fast(Arc::new(w)))
-            }
+            WeightFormat::Fast => LlamaWeights::load(
+                &content,
+                &mut reader,
+                context_length,
+                options.thread_count(),
+            )
+            .map(|w| Weights::Fast(Arc::new(w))),
         })
         .and_then(|r| r.map_err(|e| e.to_string()))
         .map_err(|reason| invalid(path, reason))?;

@@ -41,6 +41,10 @@ use crate::quant::{dot_f32, Activations, GgufBlocks, Matrix};
 /// llama.cpp and candle.
 const DEFAULT_ROPE_FREQ_BASE: f32 = 10_000.0;
 
+/// Most query heads per KV head this forward pass handles (llama models use
+/// 1 to 8; SmolLM2 uses 3).
+const MAX_GROUP: usize = 16;
+
 /// Tokens of a prompt one parallel task takes in the element-wise steps.
 const TOKENS_PER_TASK: usize = 8;
 
@@ -266,7 +270,7 @@ impl LlamaWeights {
                 .for_each(|(act, gate_up)| {
                     let (gate, up) = gate_up.split_at(s.feed_forward);
                     for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
-                        *a = g / (1.0 + (-g).exp()) * u;
+                        *a = g / (1.0 + fast_exp(-g)) * u;
                     }
                 });
             block.down.matmul(&b.act, &mut b.projected, acts);
@@ -358,26 +362,63 @@ fn attend(
             scores[tile * KEY_TILE..][..KEY_TILE].copy_from_slice(&lanes);
         }
     }
-    out.fill(0.0);
-    for (scores, out) in scores
-        .chunks_exact_mut(padded)
-        .zip(out.chunks_exact_mut(head_dim))
-    {
+    // Softmax of each query head's scores, normalized at the end.
+    let mut totals = [0.0f32; MAX_GROUP];
+    for (scores, total) in scores.chunks_exact_mut(padded).zip(&mut totals) {
         let scores = &mut scores[..seen];
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) * scale;
-        let mut total = 0.0;
-        for v in scores.iter_mut() {
-            *v = (*v * scale - max).exp();
-            total += *v;
-        }
-        for (&p, value) in scores.iter().zip(values.chunks_exact(head_dim)) {
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        scores.iter_mut().for_each(|v| *v = (*v - max) * scale);
+        exp_in_place(scores);
+        *total = scores.iter().sum();
+    }
+    // One pass over the values serves the whole group.
+    out.fill(0.0);
+    for (j, value) in values.chunks_exact(head_dim).take(seen).enumerate() {
+        for (h, out) in out.chunks_exact_mut(head_dim).enumerate() {
+            let p = scores[h * padded + j];
             for (o, &v) in out.iter_mut().zip(value) {
                 *o += p * v;
             }
         }
+    }
+    for (out, total) in out.chunks_exact_mut(head_dim).zip(totals) {
         let inverse = 1.0 / total;
         out.iter_mut().for_each(|o| *o *= inverse);
     }
+}
+
+/// `e^x` for every value, in 16 lanes at a time (libm's `expf` is a call
+/// per value and was a tenth of a long prompt's time). Cephes' single
+/// precision method: `2^k * e^r` with `|r| <= ln 2 / 2` and a degree-6
+/// polynomial for `e^r`, within 2 ulp of `expf` over the range softmax uses.
+fn exp_in_place(values: &mut [f32]) {
+    const LANES: usize = 16;
+    let mut chunks = values.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for v in chunk.iter_mut() {
+            *v = fast_exp(*v);
+        }
+    }
+    for v in chunks.into_remainder() {
+        *v = fast_exp(*v);
+    }
+}
+
+#[inline(always)]
+fn fast_exp(x: f32) -> f32 {
+    // Beyond these e^x leaves f32's normal range (0 and infinity are not needed).
+    let x = x.clamp(-87.3, 88.7);
+    let k = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    // ln 2 in two parts, so that k * ln 2 is exact enough.
+    let r = x - k * 0.693_359_4 + k * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let e_r = p * r * r + r + 1.0;
+    e_r * f32::from_bits(((k as i32 + 127) << 23) as u32)
 }
 
 /// Writes one position's keys and values (`kv = [keys | values]`, each
@@ -522,6 +563,12 @@ fn read_shape(content: &Content) -> Result<Shape> {
         .unwrap_or(DEFAULT_ROPE_FREQ_BASE);
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || hidden % heads != 0 {
         candle_core::bail!("{heads} heads, {kv_heads} KV heads and width {hidden} do not divide")
+    }
+    if heads / kv_heads > MAX_GROUP {
+        candle_core::bail!(
+            "{} query heads per KV head; this engine handles at most {MAX_GROUP}",
+            heads / kv_heads
+        )
     }
     Ok(Shape {
         blocks: get("llama.block_count")?,

@@ -45,6 +45,10 @@ const DEFAULT_ROPE_FREQ_BASE: f32 = 10_000.0;
 /// 1 to 8; SmolLM2 uses 3).
 const MAX_GROUP: usize = 16;
 
+/// Key positions per task when a decode step's attention is split (a
+/// multiple of [`KEY_TILE`]).
+const KEY_CHUNK: usize = 256;
+
 /// Tokens of a prompt one parallel task takes in the element-wise steps.
 const TOKENS_PER_TASK: usize = 8;
 
@@ -301,54 +305,134 @@ impl LlamaWeights {
         let group_width = group * s.head_dim;
         let tiles = self.max_positions.div_ceil(KEY_TILE);
         let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let head_keys = |kv_head: usize| {
+            &keys[kv_head * tiles * KEY_TILE * s.head_dim..][..tiles * KEY_TILE * s.head_dim]
+        };
+        let head_values = |kv_head: usize| {
+            &values[kv_head * self.max_positions * s.head_dim..][..self.max_positions * s.head_dim]
+        };
+        if qkv.len() == qkv_width && pos + 1 > KEY_CHUNK {
+            return self.attention_split(
+                &qkv[..group_width * s.kv_heads],
+                pos + 1,
+                &head_keys,
+                &head_values,
+                out,
+            );
+        }
         // One task per (token, KV head): its group of query heads, side by side in `out`.
         out.par_chunks_mut(group_width).enumerate().for_each_init(
             Vec::new,
             |scores, (task, out)| {
                 let (i, kv_head) = (task / s.kv_heads, task % s.kv_heads);
                 let queries = &qkv[i * qkv_width + kv_head * group_width..][..group_width];
-                let keys = &keys[kv_head * tiles * KEY_TILE * s.head_dim..]
-                    [..tiles * KEY_TILE * s.head_dim];
-                let values = &values[kv_head * self.max_positions * s.head_dim..]
-                    [..self.max_positions * s.head_dim];
-                attend(
-                    queries,
-                    keys,
-                    values,
-                    pos + i + 1,
-                    s.head_dim,
-                    scale,
-                    scores,
-                    out,
-                );
+                let seen = pos + i + 1;
+                let range = AttendRange {
+                    keys: head_keys(kv_head),
+                    values: head_values(kv_head),
+                    start: 0,
+                    end: seen,
+                };
+                let partial = attend(queries, range, s.head_dim, scale, scores, out);
+                for (out, total) in out.chunks_exact_mut(s.head_dim).zip(partial.totals) {
+                    let inverse = 1.0 / total;
+                    out.iter_mut().for_each(|o| *o *= inverse);
+                }
             },
         );
     }
+
+    /// One token's attention with each KV head's keys split into chunks of
+    /// [`KEY_CHUNK`] positions, one task each, merged afterwards: a decode
+    /// step at a long context has work for every core, not one per KV head.
+    fn attention_split<'a>(
+        &self,
+        queries: &[f32],
+        seen: usize,
+        head_keys: &(dyn Fn(usize) -> &'a [f32] + Sync),
+        head_values: &(dyn Fn(usize) -> &'a [f32] + Sync),
+        out: &mut [f32],
+    ) {
+        let s = &self.shape;
+        let group_width = queries.len() / s.kv_heads;
+        let chunks = seen.div_ceil(KEY_CHUNK);
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let mut partial_outs = vec![0.0f32; s.kv_heads * chunks * group_width];
+        let partials: Vec<Partial> = partial_outs
+            .par_chunks_mut(group_width)
+            .enumerate()
+            .map_init(Vec::new, |scores, (task, out)| {
+                let (kv_head, chunk) = (task / chunks, task % chunks);
+                let range = AttendRange {
+                    keys: head_keys(kv_head),
+                    values: head_values(kv_head),
+                    start: chunk * KEY_CHUNK,
+                    end: seen.min((chunk + 1) * KEY_CHUNK),
+                };
+                let queries = &queries[kv_head * group_width..][..group_width];
+                attend(queries, range, s.head_dim, scale, scores, out)
+            })
+            .collect();
+        // Rescale each chunk's sums to the largest maximum, then normalize.
+        for (kv_head, out) in out.chunks_exact_mut(group_width).enumerate() {
+            out.fill(0.0);
+            let partials = &partials[kv_head * chunks..][..chunks];
+            let outs = partial_outs[kv_head * chunks * group_width..].chunks_exact(group_width);
+            for (h, out) in out.chunks_exact_mut(s.head_dim).enumerate() {
+                let max = partials
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |m, p| m.max(p.maxima[h]));
+                let mut total = 0.0;
+                for (partial, chunk_out) in partials.iter().zip(outs.clone()) {
+                    let weight = (partial.maxima[h] - max).exp();
+                    total += partial.totals[h] * weight;
+                    let chunk_out = &chunk_out[h * s.head_dim..][..s.head_dim];
+                    for (o, &c) in out.iter_mut().zip(chunk_out) {
+                        *o += c * weight;
+                    }
+                }
+                let inverse = 1.0 / total;
+                out.iter_mut().for_each(|o| *o *= inverse);
+            }
+        }
+    }
+}
+
+/// One KV head's cached keys and values, and the positions `start..end` to
+/// attend to (`start` a multiple of [`KEY_TILE`]).
+struct AttendRange<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    start: usize,
+    end: usize,
+}
+
+/// Per query head, the largest scaled score of a range and the sum of
+/// `e^(score - largest)` over it: what merging ranges needs.
+struct Partial {
+    maxima: [f32; MAX_GROUP],
+    totals: [f32; MAX_GROUP],
 }
 
 /// One KV head's attention for its group of queries (`[group][head_dim]`)
-/// over keys and values `0..seen`, into `out` (`[group][head_dim]`).
-#[allow(clippy::too_many_arguments)]
+/// over a range of positions, into `out` (`[group][head_dim]`), not yet
+/// divided by the softmax totals it returns.
 fn attend(
     queries: &[f32],
-    keys: &[f32],
-    values: &[f32],
-    seen: usize,
+    range: AttendRange,
     head_dim: usize,
     scale: f32,
     scores: &mut Vec<f32>,
     out: &mut [f32],
-) {
+) -> Partial {
     let group = queries.len() / head_dim;
+    let seen = range.end - range.start;
     let tiles = seen.div_ceil(KEY_TILE);
     let padded = tiles * KEY_TILE;
     scores.clear();
     scores.resize(group * padded, 0.0);
-    for (tile, keys) in keys
-        .chunks_exact(KEY_TILE * head_dim)
-        .take(tiles)
-        .enumerate()
-    {
+    let keys = range.keys[range.start * head_dim..].chunks_exact(KEY_TILE * head_dim);
+    for (tile, keys) in keys.take(tiles).enumerate() {
         for (query, scores) in queries
             .chunks_exact(head_dim)
             .zip(scores.chunks_exact_mut(padded))
@@ -362,18 +446,23 @@ fn attend(
             scores[tile * KEY_TILE..][..KEY_TILE].copy_from_slice(&lanes);
         }
     }
-    // Softmax of each query head's scores, normalized at the end.
-    let mut totals = [0.0f32; MAX_GROUP];
-    for (scores, total) in scores.chunks_exact_mut(padded).zip(&mut totals) {
+    // Softmax numerators of each query head's scores.
+    let mut partial = Partial {
+        maxima: [0.0; MAX_GROUP],
+        totals: [0.0; MAX_GROUP],
+    };
+    for (h, scores) in scores.chunks_exact_mut(padded).enumerate() {
         let scores = &mut scores[..seen];
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         scores.iter_mut().for_each(|v| *v = (*v - max) * scale);
         exp_in_place(scores);
-        *total = scores.iter().sum();
+        partial.maxima[h] = max * scale;
+        partial.totals[h] = scores.iter().sum();
     }
     // One pass over the values serves the whole group.
     out.fill(0.0);
-    for (j, value) in values.chunks_exact(head_dim).take(seen).enumerate() {
+    let values = range.values[range.start * head_dim..].chunks_exact(head_dim);
+    for (j, value) in values.take(seen).enumerate() {
         for (h, out) in out.chunks_exact_mut(head_dim).enumerate() {
             let p = scores[h * padded + j];
             for (o, &v) in out.iter_mut().zip(value) {
@@ -381,10 +470,7 @@ fn attend(
             }
         }
     }
-    for (out, total) in out.chunks_exact_mut(head_dim).zip(totals) {
-        let inverse = 1.0 / total;
-        out.iter_mut().for_each(|o| *o *= inverse);
-    }
+    partial
 }
 
 /// `e^x` for every value, in 16 lanes at a time (libm's `expf` is a call

@@ -71,6 +71,9 @@ const ROWS_AT_ONCE: usize = 4;
 /// How far ahead the kernels prefetch weights, in calls' worth of rows
 /// (2: a few kilobytes, measured best of 1, 2 and 4 by `benches/kernels.rs`).
 const PREFETCH_GROUPS: usize = 2;
+/// Rows a prompt kernel call takes at once (times [`TOKENS_PER_TASK`]
+/// accumulators: 8 of AVX-512's 32 registers).
+const PROMPT_ROWS_AT_ONCE: usize = 2;
 /// Tokens one parallel task takes in a prompt product.
 const TOKENS_PER_TASK: usize = 4;
 
@@ -366,6 +369,9 @@ impl Matrix {
                     // Rows outermost: a row's bytes stay in L1 across the tokens.
                     let first = task * TOKENS_PER_TASK;
                     let tokens = out.len() / self.rows;
+                    if let (Storage::Four(w), TOKENS_PER_TASK) = (&self.storage, tokens) {
+                        return self.prompt_rows_dot(w, out, scratch, first);
+                    }
                     let mut dots = [0.0; ROWS_AT_ONCE];
                     for r in (0..self.rows).step_by(ROWS_AT_ONCE) {
                         let n = ROWS_AT_ONCE.min(self.rows - r);
@@ -375,6 +381,42 @@ impl Matrix {
                         }
                     }
                 });
+        }
+    }
+
+    /// Every row of a 4-bit matrix against [`TOKENS_PER_TASK`] tokens from
+    /// `first`, into `out` (`[token][row]`): each pair of weights is unpacked
+    /// once for all the tokens.
+    fn prompt_rows_dot(
+        &self,
+        w: &[[u8; FOUR_PAIR_BYTES]],
+        out: &mut [f32],
+        act: &Activations,
+        first: usize,
+    ) {
+        let p = self.pairs;
+        let xs: [Pairs; TOKENS_PER_TASK] = std::array::from_fn(|t| Pairs {
+            q: &act.q[(first + t) * p..][..p],
+            scales: &act.scales[(first + t) * p..][..p],
+            sums: &act.rounded_sums[(first + t) * p..][..p],
+        });
+        let rows = self.rows;
+        let mut write = |first_row: usize, dots: &[[f32; TOKENS_PER_TASK]]| {
+            for (i, dots) in dots.iter().enumerate() {
+                for (t, &dot) in dots.iter().enumerate() {
+                    out[t * rows + first_row + i] = dot;
+                }
+            }
+        };
+        let whole = rows - rows % PROMPT_ROWS_AT_ONCE;
+        for r in (0..whole).step_by(PROMPT_ROWS_AT_ONCE) {
+            let dots: [_; PROMPT_ROWS_AT_ONCE] =
+                dot_four_tokens(&w[r * p..][..PROMPT_ROWS_AT_ONCE * p], &xs);
+            write(r, &dots);
+        }
+        for r in whole..rows {
+            let dots: [_; 1] = dot_four_tokens(&w[r * p..][..p], &xs);
+            write(r, &dots);
         }
     }
 
@@ -605,6 +647,28 @@ fn dot_four<const R: usize>(rows: &[[u8; FOUR_PAIR_BYTES]], x: &Pairs) -> [f32; 
     portable::dot_four::<R>(rows, x)
 }
 
+/// `R` consecutive rows of 4-bit pairs against `T` tokens' activations.
+fn dot_four_tokens<const R: usize, const T: usize>(
+    rows: &[[u8; FOUR_PAIR_BYTES]],
+    xs: &[Pairs; T],
+) -> [[f32; T]; R] {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx512vnni",
+        target_feature = "avx512bw",
+        target_feature = "f16c"
+    ))]
+    #[allow(unsafe_code)]
+    // SAFETY: compiled only for targets with every feature simd::dot_four_tokens enables.
+    return unsafe { simd::dot_four_tokens::<R, T>(rows, xs) };
+    #[allow(unreachable_code)]
+    {
+        let per_token: [[f32; R]; T] =
+            std::array::from_fn(|t| portable::dot_four::<R>(rows, &xs[t]));
+        std::array::from_fn(|r| std::array::from_fn(|t| per_token[t][r]))
+    }
+}
+
 /// `R` consecutive rows of 8-bit pairs against one token's activations.
 fn dot_eight<const R: usize>(rows: &[[u8; EIGHT_PAIR_BYTES]], x: &Pairs) -> [f32; R] {
     #[cfg(all(
@@ -755,6 +819,45 @@ mod simd {
             }
         }
         std::array::from_fn(|r| total(acc[r], acc_offsets[r]))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    pub(super) fn dot_four_tokens<const R: usize, const T: usize>(
+        rows: &[[u8; FOUR_PAIR_BYTES]],
+        xs: &[Pairs; T],
+    ) -> [[f32; T]; R] {
+        let low_nibbles = _mm512_set1_epi8(0x0F);
+        let shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+        let pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        let pairs = xs[0].q.len();
+        let rows: [&[[u8; FOUR_PAIR_BYTES]]; R] =
+            std::array::from_fn(|r| &rows[r * pairs..][..pairs]);
+        let qs: [&[[u8; PAIR]]; T] = std::array::from_fn(|t| &xs[t].q[..pairs]);
+        let scales: [&[[f32; 16]]; T] = std::array::from_fn(|t| &xs[t].scales[..pairs]);
+        let sums: [&[[f32; 4]]; T] = std::array::from_fn(|t| &xs[t].sums[..pairs]);
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        let mut acc_offsets = [[_mm_setzero_ps(); T]; R];
+        for i in 0..pairs {
+            for r in 0..R {
+                let pair = &rows[r][i];
+                prefetch_ahead(pair, PREFETCH_GROUPS * R * pairs);
+                let (nibbles, w) = pair.split_at(PAIR / 2);
+                let nibbles: [u8; PAIR / 2] = nibbles.try_into().unwrap_or_default();
+                let both = _mm512_broadcast_i64x4(bytemuck::cast(nibbles));
+                let weights = _mm512_and_si512(_mm512_srlv_epi64(both, shifts), low_nibbles);
+                let w = pair_scales(w);
+                let w_lanes = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(w));
+                for t in 0..T {
+                    let q: __m512i = bytemuck::cast(qs[t][i]);
+                    let dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), weights, q);
+                    let scale = _mm512_mul_ps(w_lanes, bytemuck::cast(scales[t][i]));
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[r][t]);
+                    acc_offsets[r][t] =
+                        _mm_fmadd_ps(w, bytemuck::cast(sums[t][i]), acc_offsets[r][t]);
+                }
+            }
+        }
+        std::array::from_fn(|r| std::array::from_fn(|t| total(acc[r][t], acc_offsets[r][t])))
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]

@@ -3,11 +3,13 @@
 //!
 //! The fast path runs its own kernels and forward pass on the file's own
 //! Q4_1 and Q8_0 values; the reference is candle's `quantized_llama` on the
-//! same file. Both round activations to 8 bits per block of 32 for the
-//! products (the fast path keeps the activation scale in f32 where candle
-//! rounds it to f16, and sums in a different order), so their logits differ
-//! by a little rounding noise; these tests show the noise never changes a
-//! greedy pick in the first [`COMPARED_TOKENS`] tokens of [`PROMPTS`].
+//! same file. Both round activations to 8 bits per block of 32 exactly as
+//! ggml does, and one matrix product agrees with candle's to 1e-5; but the
+//! float operations in between (norms, softmax, sums) run in another order,
+//! and a last-bit difference before a rounding to 8 bits moves that value by
+//! a whole step. So logits differ by up to a few tenths, and greedy picks
+//! differ where the top two candidates are that close: these tests show
+//! they differ only there.
 
 use textstream_engine::generate::{generate, GenerateConfig};
 use textstream_engine::llama::WeightFormat;
@@ -77,16 +79,6 @@ fn agreement(weights: WeightFormat) -> Vec<usize> {
     agreed
 }
 
-fn assert_same(weights: WeightFormat) {
-    let agreed = agreement(weights);
-    for (question, &n) in PROMPTS.iter().zip(&agreed) {
-        assert_eq!(
-            n, COMPARED_TOKENS,
-            "{weights:?} differs from the reference on {question:?}"
-        );
-    }
-}
-
 /// The most the reference's own logit for its greedy token may exceed its
 /// logit for the fast path's pick, where the two picks differ: below this the
 /// two candidates are a near tie that 8-bit rounding may break either way.
@@ -144,7 +136,16 @@ fn fast_path_differs_from_the_reference_only_at_near_ties() {
     eprintln!("{flips} near-tie flips in {steps} teacher-forced steps");
 }
 
+/// Free-running greedy agreement, for the README's figures. Once one near
+/// tie flips, the two continuations part, so this counts agreeing prefixes;
+/// a broken kernel or forward pass agrees on almost nothing.
 #[test]
-fn fast_path_greedy_output_is_the_references() {
-    assert_same(WeightFormat::Fast);
+fn fast_path_greedy_output_mostly_agrees_with_the_reference() {
+    let agreed = agreement(WeightFormat::Fast);
+    let total: usize = agreed.iter().sum();
+    assert!(
+        total * 2 >= COMPARED_TOKENS * PROMPTS.len(),
+        "only {total} of {} tokens agree: {agreed:?}",
+        COMPARED_TOKENS * PROMPTS.len()
+    );
 }

@@ -330,6 +330,33 @@ fn invalid_input_is_an_error() {
 }
 
 #[test]
+fn long_context_decode_steps_equal_one_prefill() {
+    // Past 256 positions a decode step splits each KV head's keys into
+    // chunks on different threads and merges them; a prefill does not.
+    let file = TempModel::new(
+        "long",
+        &TinyModel {
+            context_length: 1024,
+            ..TinyModel::default()
+        },
+    );
+    let model = file.load();
+    let ids: Vec<u32> = prompt(&model).into_iter().cycle().take(700).collect();
+    let all_at_once = model.session().forward_last(&ids, 0).expect("prefill");
+    let mut session = model.session();
+    let mut stepped = session.forward_last(&ids[..200], 0).expect("prefill");
+    for (pos, id) in ids.iter().enumerate().skip(200) {
+        stepped = session.forward_last(&[*id], pos).expect("step");
+    }
+    let max_diff = all_at_once
+        .iter()
+        .zip(&stepped)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(max_diff < 1e-2, "logits differ by {max_diff}");
+}
+
+#[test]
 fn prefill_equals_step_by_step_decoding() {
     let (_file, model) = tiny("prefill");
     let ids = prompt(&model);

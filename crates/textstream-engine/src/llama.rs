@@ -440,7 +440,7 @@ fn attend(
             let mut lanes = [0.0f32; KEY_TILE];
             for (&q, key) in query.iter().zip(keys.chunks_exact(KEY_TILE)) {
                 for (lane, &k) in lanes.iter_mut().zip(key) {
-                    *lane += q * k;
+                    *lane = q.mul_add(k, *lane);
                 }
             }
             scores[tile * KEY_TILE..][..KEY_TILE].copy_from_slice(&lanes);
@@ -459,18 +459,35 @@ fn attend(
         partial.maxima[h] = max * scale;
         partial.totals[h] = scores.iter().sum();
     }
-    // One pass over the values serves the whole group.
-    out.fill(0.0);
-    let values = range.values[range.start * head_dim..].chunks_exact(head_dim);
-    for (j, value) in values.take(seen).enumerate() {
-        for (h, out) in out.chunks_exact_mut(head_dim).enumerate() {
-            let p = scores[h * padded + j];
-            for (o, &v) in out.iter_mut().zip(value) {
-                *o += p * v;
+    let values = &range.values[range.start * head_dim..][..seen * head_dim];
+    for (h, out) in out.chunks_exact_mut(head_dim).enumerate() {
+        let probabilities = &scores[h * padded..][..seen];
+        match head_dim {
+            64 => weighted_sum::<64>(probabilities, values, out),
+            128 => weighted_sum::<128>(probabilities, values, out),
+            _ => {
+                out.fill(0.0);
+                for (&p, value) in probabilities.iter().zip(values.chunks_exact(head_dim)) {
+                    for (o, &v) in out.iter_mut().zip(value) {
+                        *o = p.mul_add(v, *o);
+                    }
+                }
             }
         }
     }
     partial
+}
+
+/// `out = Σ_j p[j] * values[j]` for rows of `D` values, the sum kept in
+/// registers (a fixed size lets the compiler hold it there).
+fn weighted_sum<const D: usize>(probabilities: &[f32], values: &[f32], out: &mut [f32]) {
+    let mut sum = [0.0f32; D];
+    for (&p, value) in probabilities.iter().zip(values.chunks_exact(D)) {
+        for (s, &v) in sum.iter_mut().zip(value) {
+            *s = p.mul_add(v, *s);
+        }
+    }
+    out.copy_from_slice(&sum);
 }
 
 /// `e^x` for every value, in 16 lanes at a time (libm's `expf` is a call

@@ -201,7 +201,7 @@ impl Matrix {
         rows: usize,
         cols: usize,
     ) -> Result<Self, QuantError> {
-        if cols % BLOCK != 0 {
+        if !cols.is_multiple_of(BLOCK) {
             return Err(QuantError::PartialBlock(cols));
         }
         let expected = rows * cols / BLOCK * kind.block_bytes();
@@ -265,8 +265,8 @@ impl Matrix {
                     false => EMPTY_BLOCK,
                 };
                 let mut pair = [0u8; FOUR_PAIR_BYTES];
-                for k in 0..BLOCK {
-                    pair[k] = a.0[k] | (b.0[k] << 4);
+                for ((byte, low), high) in pair.iter_mut().zip(a.0).zip(b.0) {
+                    *byte = low | (high << 4);
                 }
                 write_scales(&mut pair[PAIR / 2..], &a, &b);
                 stored.push(pair);
@@ -478,7 +478,7 @@ struct Pairs<'a> {
 const EMPTY_BLOCK: ([u8; BLOCK], f16, f16) = ([0; BLOCK], f16::ZERO, f16::ZERO);
 
 fn check_values(got: usize, rows: usize, cols: usize) -> Result<(), QuantError> {
-    if cols % BLOCK != 0 {
+    if !cols.is_multiple_of(BLOCK) {
         return Err(QuantError::PartialBlock(cols));
     }
     match got == rows * cols {

@@ -3,9 +3,10 @@
 //!
 //! The path reads top-down: [`model_file`] finds (or fetches) the GGUF file,
 //! [`tokenizer`] builds the tokenizer from the GGUF metadata, [`template`] renders
-//! chat messages into a prompt, [`model`] loads the weights with candle (by
-//! default into the engine's own forward pass, [`llama`]; candle's llama is
-//! kept as the reference, [`llama::WeightFormat`]), [`bench`] measures it, and
+//! chat messages into a prompt, [`model`] reads the weights with candle's GGUF
+//! reader (by default into the engine's own forward pass, [`llama`], whose
+//! matrix products are the [`quant`] kernels; candle's llama is kept as the
+//! reference, [`llama::WeightFormat`]), [`bench`] measures it, and
 //! [`generate`] runs prefill, decode steps and [`sampling`], putting each token
 //! into the streamer.
 //!

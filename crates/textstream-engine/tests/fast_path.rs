@@ -134,17 +134,23 @@ fn fast_path_differs_from_the_reference_only_at_near_ties() {
         }
     }
     eprintln!("{flips} near-tie flips in {steps} teacher-forced steps");
+    assert!(
+        flips * 10 <= steps,
+        "{flips} of {steps} greedy picks differ: more than rounding noise"
+    );
 }
 
 /// Free-running greedy agreement, for the README's figures. Once one near
-/// tie flips, the two continuations part, so this counts agreeing prefixes;
-/// a broken kernel or forward pass agrees on almost nothing.
+/// tie flips, the two continuations part, so this counts agreeing prefixes:
+/// with a few percent of steps at a near tie, prefixes of about 30 tokens
+/// are expected, and a broken kernel or forward pass agrees on almost
+/// nothing. The bound is a quarter of the tokens compared.
 #[test]
 fn fast_path_greedy_output_mostly_agrees_with_the_reference() {
     let agreed = agreement(WeightFormat::Fast);
     let total: usize = agreed.iter().sum();
     assert!(
-        total * 2 >= COMPARED_TOKENS * PROMPTS.len(),
+        total * 4 >= COMPARED_TOKENS * PROMPTS.len(),
         "only {total} of {} tokens agree: {agreed:?}",
         COMPARED_TOKENS * PROMPTS.len()
     );

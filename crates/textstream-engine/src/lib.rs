@@ -38,6 +38,7 @@ pub mod bench;
 mod error;
 pub mod generate;
 pub mod llama;
+mod math;
 pub mod model;
 pub mod model_file;
 pub mod quant;

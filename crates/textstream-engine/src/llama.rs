@@ -35,6 +35,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result};
 use rayon::prelude::*;
 
+use crate::math::{exp_in_place, fast_exp};
 use crate::quant::{dot_f32, Activations, GgufBlocks, Matrix};
 
 /// Rotary base when the file does not give `llama.rope.freq_base`, as in
@@ -488,40 +489,6 @@ fn weighted_sum<const D: usize>(probabilities: &[f32], values: &[f32], out: &mut
         }
     }
     out.copy_from_slice(&sum);
-}
-
-/// `e^x` for every value, in 16 lanes at a time (libm's `expf` is a call
-/// per value and was a tenth of a long prompt's time). Cephes' single
-/// precision method: `2^k * e^r` with `|r| <= ln 2 / 2` and a degree-6
-/// polynomial for `e^r`, within 2 ulp of `expf` over the range softmax uses.
-fn exp_in_place(values: &mut [f32]) {
-    const LANES: usize = 16;
-    let mut chunks = values.chunks_exact_mut(LANES);
-    for chunk in &mut chunks {
-        for v in chunk.iter_mut() {
-            *v = fast_exp(*v);
-        }
-    }
-    for v in chunks.into_remainder() {
-        *v = fast_exp(*v);
-    }
-}
-
-#[inline(always)]
-fn fast_exp(x: f32) -> f32 {
-    // Beyond these e^x leaves f32's normal range (0 and infinity are not needed).
-    let x = x.clamp(-87.3, 88.7);
-    let k = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    // ln 2 in two parts, so that k * ln 2 is exact enough.
-    let r = x - k * 0.693_359_4 + k * 2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 0.166_666_65;
-    p = p * r + 0.5;
-    let e_r = p * r * r + r + 1.0;
-    e_r * f32::from_bits(((k as i32 + 127) << 23) as u32)
 }
 
 /// Writes one position's keys and values (`kv = [keys | values]`, each

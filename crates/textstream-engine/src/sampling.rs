@@ -147,7 +147,7 @@ impl Sampler {
             logits.iter_mut().for_each(|l| *l /= temperature);
         }
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum_exp: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        let sum_exp = crate::math::sum_exp_shifted(logits, max);
         if !max.is_finite() || !sum_exp.is_finite() || logits.iter().any(|l| l.is_nan()) {
             return Err(EngineError::Inference {
                 message: "the model produced non-finite logits".to_owned(),

@@ -151,44 +151,63 @@ impl LlamaWeights {
     /// Reads every tensor of a llama GGUF file (already checked by the caller)
     /// into the kernels' layouts; sessions hold up to `max_positions` tokens
     /// and their products run on `threads` threads.
-    pub fn load<R: Read + Seek>(
+    pub fn load<R: Read + Seek + Send>(
         content: &Content,
         reader: &mut R,
         max_positions: usize,
         threads: usize,
     ) -> Result<Self> {
         let shape = read_shape(content)?;
-        let mut read = |name: &str| content.tensor(reader, name, &Device::Cpu);
-
-        let embedding = matrix(&[&read("token_embd.weight")?])?;
-        let output = match content.tensor_infos.contains_key("output.weight") {
-            true => Some(matrix(&[&read("output.weight")?])?),
-            false => None,
-        };
-        let output_norm = vector(&read("output_norm.weight")?)?;
-        let mut blocks = Vec::with_capacity(shape.blocks);
-        for i in 0..shape.blocks {
-            let mut part = |name: &str| read(&format!("blk.{i}.{name}.weight"));
-            blocks.push(Block {
-                attn_norm: vector(&part("attn_norm")?)?,
-                qkv: matrix(&[&part("attn_q")?, &part("attn_k")?, &part("attn_v")?])?,
-                output: matrix(&[&part("attn_output")?])?,
-                ffn_norm: vector(&part("ffn_norm")?)?,
-                gate_up: matrix(&[&part("ffn_gate")?, &part("ffn_up")?])?,
-                down: matrix(&[&part("ffn_down")?])?,
-            });
-        }
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("textstream-kernel-{i}"))
             .build()
             .map_err(|e| candle_core::Error::Msg(format!("starting the thread pool: {e}")))?;
+        let mut read = |name: &str| content.tensor(reader, name, &Device::Cpu);
+
+        let embedding = read("token_embd.weight")?;
+        let output = match content.tensor_infos.contains_key("output.weight") {
+            true => Some(read("output.weight")?),
+            false => None,
+        };
+        let output_norm = vector(&read("output_norm.weight")?)?;
+        // Reading is sequential; laying matrices out for the kernels runs on
+        // the pool: the embedding beside the blocks, two matrices at a time.
+        let (embedding, blocks) = pool.install(|| {
+            rayon::join(
+                || matrix(&[&embedding]),
+                || {
+                    (0..shape.blocks)
+                        .map(|i| {
+                            let mut part = |name: &str| read(&format!("blk.{i}.{name}.weight"));
+                            let (q, k, v) = (part("attn_q")?, part("attn_k")?, part("attn_v")?);
+                            let attn_output = part("attn_output")?;
+                            let (gate, up) = (part("ffn_gate")?, part("ffn_up")?);
+                            let down = part("ffn_down")?;
+                            let (attn_norm, ffn_norm) = (part("attn_norm")?, part("ffn_norm")?);
+                            let ((qkv, output), (gate_up, down)) = rayon::join(
+                                || (matrix(&[&q, &k, &v]), matrix(&[&attn_output])),
+                                || (matrix(&[&gate, &up]), matrix(&[&down])),
+                            );
+                            Ok(Block {
+                                attn_norm: vector(&attn_norm)?,
+                                qkv: qkv?,
+                                output: output?,
+                                ffn_norm: vector(&ffn_norm)?,
+                                gate_up: gate_up?,
+                                down: down?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()
+                },
+            )
+        });
         Ok(Self {
             rotary: rotary_table(&shape, max_positions),
             shape,
-            embedding,
-            output,
-            blocks,
+            embedding: embedding?,
+            output: output.map(|o| matrix(&[&o])).transpose()?,
+            blocks: blocks?,
             output_norm,
             max_positions,
             pool,

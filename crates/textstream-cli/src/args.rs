@@ -41,6 +41,10 @@ pub struct ModelArgs {
     /// A tokenizer.json to use instead of the tokenizer in the GGUF metadata.
     #[arg(long, value_name = "PATH")]
     pub tokenizer: Option<PathBuf>,
+    /// Threads the model's matrix products run on. By default, one per core
+    /// (`bench`: 2, for both engines).
+    #[arg(long, env = "TEXTSTREAM_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
 }
 
 /// Sampling and length limits.

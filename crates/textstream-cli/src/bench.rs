@@ -12,21 +12,24 @@ use textstream_engine::model::LoadOptions;
 use crate::args::BenchArgs;
 use crate::load;
 
-/// Threads both engines use: the cores of the machine the figures are for.
-const THREADS: usize = 2;
+/// Threads both engines use unless `--threads` says otherwise: the cores of
+/// the machine the figures are for.
+const DEFAULT_THREADS: usize = 2;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let path = load::model_path(&args.model)?;
+    let threads = args.model.threads.map_or(DEFAULT_THREADS, usize::from);
     let options = LoadOptions::default()
         .weights(args.weights)
-        .tokenizer_json(args.model.tokenizer.clone());
+        .tokenizer_json(args.model.tokenizer.clone())
+        .threads(Some(threads));
     let ours = run_bench_with(&path, options, &args.prompt_lengths, args.new_tokens)?.to_json();
     let theirs = if args.llamacpp {
         let output = Command::new("python3")
             .arg(&args.llamacpp_script)
             .arg(&path)
             .arg(args.new_tokens.to_string())
-            .arg(THREADS.to_string())
+            .arg(threads.to_string())
             .output()
             .with_context(|| format!("running {}", args.llamacpp_script.display()))?;
         anyhow::ensure!(

@@ -57,7 +57,9 @@ fn show(bar: &ProgressBar, event: FetchEvent) {
 pub fn model(args: &ModelArgs) -> anyhow::Result<(Arc<Model>, Duration)> {
     let path = model_path(args)?;
     let started = Instant::now();
-    let options = LoadOptions::default().tokenizer_json(args.tokenizer.clone());
+    let options = LoadOptions::default()
+        .tokenizer_json(args.tokenizer.clone())
+        .threads(args.threads.map(usize::from));
     let model =
         Model::load_with(&path, options).with_context(|| format!("loading {}", path.display()))?;
     Ok((Arc::new(model), started.elapsed()))

@@ -168,7 +168,7 @@ fn run_on_the_real_model_streams_the_answer() {
 #[test]
 fn run_is_deterministic_for_a_seed() {
     let tiny = tiny_model("seed");
-    let run = |seed: &str| {
+    let run_with = |seed: &str, threads: &str| {
         let output = textstream()
             .args([
                 "run",
@@ -179,6 +179,8 @@ fn run_is_deterministic_for_a_seed() {
                 "0.9",
                 "--seed",
                 seed,
+                "--threads",
+                threads,
             ])
             .args(model_arg(&tiny))
             .output()
@@ -190,7 +192,10 @@ fn run_is_deterministic_for_a_seed() {
         );
         stdout(&output)
     };
+    let run = |seed: &str| run_with(seed, "2");
     assert_eq!(run("1"), run("1"));
+    // Each output is computed whole by one thread: the split does not matter.
+    assert_eq!(run_with("1", "1"), run("1"));
     let _ = std::fs::remove_file(tiny);
 }
 
@@ -220,6 +225,13 @@ fn bad_input_gives_a_clear_error_and_exit_status() {
         "{message}"
     );
     let _ = std::fs::remove_file(garbage);
+
+    let no_threads = textstream()
+        .args(["run", "hi", "--threads", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(no_threads.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_threads.stderr).contains("--threads"));
 
     let tiny = tiny_model("bad-sampling");
     let bad_top_p = textstream()

@@ -36,7 +36,7 @@ use candle_core::{Device, Result};
 use rayon::prelude::*;
 
 use crate::math::{exp_in_place, fast_exp};
-use crate::quant::{dot_f32, Activations, GgufBlocks, Matrix};
+use crate::quant::{dot_f32, Activations, GgufBlocks, Matrix, QuantError};
 
 /// Rotary base when the file does not give `llama.rope.freq_base`, as in
 /// llama.cpp and candle.
@@ -583,15 +583,18 @@ fn matrix(parts: &[&QTensor]) -> Result<Matrix> {
         GgmlDType::Q8_0 => Some(GgufBlocks::Q8_0),
         _ => None,
     };
-    let built = match (direct, same_type) {
+    let direct = match (direct, same_type) {
         (Some(kind), true) => {
             let mut bytes = Vec::new();
             for part in parts {
                 bytes.extend_from_slice(&part.data()?);
             }
-            Matrix::from_gguf(kind, &bytes, rows, cols)
+            Some(Matrix::from_gguf(kind, &bytes, rows, cols))
         }
-        _ => {
+        _ => None,
+    };
+    let built = match direct {
+        Some(Err(QuantError::ScaleRange)) | None => {
             let mut values = Vec::with_capacity(rows * cols);
             for part in parts {
                 values.extend(
@@ -605,6 +608,7 @@ fn matrix(parts: &[&QTensor]) -> Result<Matrix> {
                 false => Matrix::quantize_eight(&values, rows, cols),
             }
         }
+        Some(built) => built,
     };
     built.map_err(|e| candle_core::Error::Msg(e.to_string()))
 }

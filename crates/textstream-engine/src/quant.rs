@@ -138,6 +138,9 @@ pub enum QuantError {
     /// Rows must be whole blocks.
     #[error("rows of {0} values are not whole blocks of {BLOCK}")]
     PartialBlock(usize),
+    /// A Q8_0 scale too large for the offset `-128 d` to fit in f16.
+    #[error("a Q8_0 scale is too large to keep its values exactly")]
+    ScaleRange,
 }
 
 impl Matrix {
@@ -234,14 +237,21 @@ impl Matrix {
                 Self::from_four_blocks(rows, cols, blocks)
             }
             GgufBlocks::Q8_0 => {
+                // -128 d is exact in f16 (a power-of-two multiple) unless it
+                // overflows, which no real weight scale comes near; if one
+                // does, the values go through f32 instead.
+                if blocks
+                    .clone()
+                    .any(|b| !f16::from_f32(-128.0 * f16_at(b, 0).to_f32()).is_finite())
+                {
+                    return Err(QuantError::ScaleRange);
+                }
                 let blocks = blocks.map(|b| {
                     let d = f16_at(b, 0);
                     let mut q = [0u8; BLOCK];
                     for (q, &v) in q.iter_mut().zip(&b[2..34]) {
                         *q = (v as i8 as i16 + 128) as u8;
                     }
-                    // -128 d is exact in f16 (a power-of-two multiple) unless
-                    // it overflows, which no real weight scale comes near.
                     (q, d, f16::from_f32(-128.0 * d.to_f32()))
                 });
                 Self::from_eight_blocks(rows, cols, blocks)
@@ -991,6 +1001,16 @@ mod tests {
         for k in 0..32 {
             assert_eq!(row[32 + k], d * (block[2 + k] as i8) as f32);
         }
+    }
+
+    #[test]
+    fn huge_q8_0_scales_are_refused_not_overflowed() {
+        let mut bytes = q8_0_bytes(1, 32, &[1, 2, 3]);
+        bytes[..2].copy_from_slice(&f16::from_f32(1000.0).to_le_bytes());
+        assert_eq!(
+            Matrix::from_gguf(GgufBlocks::Q8_0, &bytes, 1, 32).unwrap_err(),
+            QuantError::ScaleRange
+        );
     }
 
     #[test]

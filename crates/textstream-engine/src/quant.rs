@@ -68,9 +68,6 @@ const ROWS_PER_TASK: usize = 64;
 /// Rows a kernel call takes at once: their loads overlap, and they share the
 /// activation's.
 const ROWS_AT_ONCE: usize = 4;
-/// How far ahead the kernels prefetch weights, in calls' worth of rows
-/// (2: a few kilobytes, measured best of 1, 2 and 4 by `benches/kernels.rs`).
-const PREFETCH_GROUPS: usize = 2;
 /// Rows a prompt kernel call takes at once (times [`TOKENS_PER_TASK`]
 /// accumulators: 8 of AVX-512's 32 registers).
 const PROMPT_ROWS_AT_ONCE: usize = 2;
@@ -754,7 +751,11 @@ mod portable {
 mod simd {
     use std::arch::x86_64::*;
 
-    use super::{Pairs, EIGHT_PAIR_BYTES, FOUR_PAIR_BYTES, PAIR, PREFETCH_GROUPS};
+    use super::{Pairs, EIGHT_PAIR_BYTES, FOUR_PAIR_BYTES, PAIR};
+
+    /// How far ahead the kernels prefetch weights, in calls' worth of rows
+    /// (2: a few kilobytes, measured best of 1, 2 and 4 by `benches/kernels.rs`).
+    const PREFETCH_GROUPS: usize = 2;
 
     /// A pair's `[s_a, s_b, o_a, o_b]` as f32, from the 8 bytes after its integers.
     #[target_feature(enable = "avx512f,f16c")]

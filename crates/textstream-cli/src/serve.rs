@@ -2,6 +2,7 @@
 //! and runs it until SIGINT or SIGTERM, letting streams in flight finish.
 
 use anyhow::Context;
+use textstream_engine::model_file::CATALOG;
 use textstream_server::{AppState, ServerConfig};
 
 use crate::args::ServeArgs;
@@ -10,11 +11,19 @@ use crate::load;
 /// Runs the server; returns once it has shut down cleanly.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (model, load_time) = load::model(&args.model)?;
-    let model_name = model
-        .path()
-        .file_stem()
-        .map(|stem| stem.to_string_lossy().into_owned())
-        .unwrap_or_else(|| textstream_server::DEFAULT_MODEL_NAME.to_owned());
+    // A catalog model is served under its catalog name, any other file under its stem.
+    let file_name = model.path().file_name().map(|n| n.to_string_lossy());
+    let model_name = match CATALOG
+        .iter()
+        .find(|spec| file_name.as_deref() == Some(spec.file_name))
+    {
+        Some(spec) => spec.name.to_owned(),
+        None => model
+            .path()
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().into_owned())
+            .unwrap_or_else(|| textstream_server::DEFAULT_MODEL_NAME.to_owned()),
+    };
     let config = ServerConfig {
         workers: args.workers,
         max_queue: args.max_queue,

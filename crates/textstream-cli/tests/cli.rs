@@ -48,9 +48,9 @@ fn model_arg(path: &Path) -> [String; 2] {
 fn tokenize_matches_the_llama_cpp_reference() {
     let reference = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/reference/smollm2-tokenizer.jsonl"
+        "/../textstream-engine/tests/data/reference/smollm2-tokenizer.jsonl"
     ))
-    .expect("the shared reference file");
+    .expect("the reference file");
     let model = default_model_path();
     for line in reference.lines().take(5) {
         let case: serde_json::Value = serde_json::from_str(line).unwrap();

@@ -3,21 +3,20 @@
 //! over 256 greedy tokens, and peak memory.
 //!
 //! ```sh
-//! cargo run --release -p textstream-engine --example bench -- [WEIGHTS] [NEW_TOKENS]
+//! cargo run --release -p textstream-engine --example bench -- [BACKEND] [NEW_TOKENS]
 //! ```
 //!
-//! `WEIGHTS` is `fast` (the engine's own kernels, the default) or
-//! `reference` (candle's llama), both on the file's own values.
+//! `BACKEND` is `native` (the engine's own forward pass and kernels, the
+//! default) or `candle` (candle's llama), both on the file's own values.
 
 use std::process::ExitCode;
 
 use textstream_engine::bench::{run_bench_with, DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_LENGTHS};
-use textstream_engine::llama::WeightFormat;
-use textstream_engine::model::LoadOptions;
+use textstream_engine::model::{Backend, LoadOptions};
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
-    let weights: WeightFormat = match args.next().map(|a| a.parse()).transpose() {
+    let backend: Backend = match args.next().map(|a| a.parse()).transpose() {
         Ok(w) => w.unwrap_or_default(),
         Err(e) => {
             eprintln!("{e}");
@@ -38,11 +37,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = LoadOptions::default().weights(weights);
+    let options = LoadOptions::default().backend(backend);
     match run_bench_with(&path, options, DEFAULT_PROMPT_LENGTHS, new_tokens) {
         Ok(report) => {
             let mut json = report.to_json();
-            json["weights"] = format!("{weights:?}").into();
+            json["backend"] = format!("{backend:?}").into();
             println!("{json}");
             ExitCode::SUCCESS
         }

@@ -23,9 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Message::new("system", "You are a helpful assistant."),
         Message::new("user", question),
     ])?;
-    let ids = model
-        .tokenizer()
-        .encode(&prompt, model.tokenizer().add_bos)?;
+    let ids = model.encode_prompt(&prompt)?;
 
     // The worker thread generates; `stream` is the consumer's end.
     let (mut stream, worker) = run_generate(model, ids, GenerateConfig::default(), None);

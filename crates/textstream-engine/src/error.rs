@@ -21,6 +21,23 @@ pub enum EngineError {
         /// Where the path came from, e.g. `TEXTSTREAM_MODEL`.
         given_by: String,
     },
+    /// The context asked for cannot be had (too long for the model, or its
+    /// KV cache too large for the memory available).
+    #[error("context: {message}")]
+    Context {
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A model name that is neither in the catalog nor an existing file.
+    #[error("unknown model {name:?} (given by {given_by}): the catalog has {known}; or give a path to a .gguf file")]
+    UnknownModel {
+        /// The name that was given.
+        name: String,
+        /// Where the name came from, e.g. `TEXTSTREAM_MODEL`.
+        given_by: String,
+        /// The catalog's names.
+        known: String,
+    },
     /// There is no directory to cache the model in.
     #[error("no cache directory for the model: set TEXTSTREAM_CACHE_DIR or TEXTSTREAM_MODEL")]
     NoCacheDir,

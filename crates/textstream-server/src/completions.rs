@@ -17,9 +17,9 @@ pub(crate) async fn completions(
 ) -> Result<Response, ApiError> {
     check_model(&state, &request.model)?;
     let prompt = request.prompt_text()?;
-    let tokenizer = state.model().tokenizer();
-    let prompt_ids = tokenizer
-        .encode(prompt, tokenizer.add_bos)
+    let prompt_ids = state
+        .model()
+        .encode_prompt(prompt)
         .map_err(|error| ApiError::Internal(error.to_string()))?;
     let plan = plan(&state, &request.params, prompt_ids, "prompt")?;
     respond(state, Endpoint::Completion, plan).await

@@ -1,9 +1,10 @@
-//! The engine's fast llama path against candle's reference, on the real
-//! default model: greedy output must be the same token for token.
+//! The engine's native forward pass against candle's llama, the reference,
+//! on the real default model: where greedy output differs, it is at a near
+//! tie.
 //!
-//! The fast path runs its own kernels and forward pass on the file's own
-//! Q4_1 and Q8_0 values; the reference is candle's `quantized_llama` on the
-//! same file. Both round activations to 8 bits per block of 32 exactly as
+//! The native backend runs its own kernels and forward pass on the file's
+//! own Q4_1 and Q8_0 values; the reference is candle's `quantized_llama` on
+//! the same file. Both round activations to 8 bits per block of 32 exactly as
 //! ggml does, and one matrix product agrees with candle's to 1e-5; but the
 //! float operations in between (norms, softmax, sums) run in another order,
 //! and a last-bit difference before a rounding to 8 bits moves that value by
@@ -12,8 +13,7 @@
 //! they differ only there.
 
 use textstream_engine::generate::{generate, GenerateConfig};
-use textstream_engine::llama::WeightFormat;
-use textstream_engine::model::{LoadOptions, Model};
+use textstream_engine::model::{Backend, LoadOptions, Model};
 use textstream_engine::template::Message;
 use textstream_engine::testing::{default_model_path, Recorder};
 
@@ -34,11 +34,11 @@ const PROMPTS: [&str; 10] = [
     "How do I boil an egg?",
 ];
 
-/// Greedy continuations of every prompt with `weights`.
-fn greedy(weights: WeightFormat) -> Vec<Vec<u32>> {
+/// Greedy continuations of every prompt with `backend`.
+fn greedy(backend: Backend) -> Vec<Vec<u32>> {
     let model = Model::load_with(
         &default_model_path(),
-        LoadOptions::default().weights(weights),
+        LoadOptions::default().backend(backend),
     )
     .expect("load the model");
     let config = GenerateConfig {
@@ -51,7 +51,7 @@ fn greedy(weights: WeightFormat) -> Vec<Vec<u32>> {
             let prompt = model
                 .chat_prompt(&[Message::new("user", *question)])
                 .expect("render the chat template");
-            let ids = model.tokenizer().encode(&prompt, false).expect("encode");
+            let ids = model.encode_prompt(&prompt).expect("encode");
             let output = generate(&mut model.session(), &ids, &config, &mut Recorder::new())
                 .expect("generate");
             output.tokens
@@ -59,10 +59,10 @@ fn greedy(weights: WeightFormat) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Per prompt, how many leading tokens `weights` shares with the reference.
-fn agreement(weights: WeightFormat) -> Vec<usize> {
-    let reference = greedy(WeightFormat::Reference);
-    let other = greedy(weights);
+/// Per prompt, how many leading tokens `backend` shares with the reference.
+fn agreement(backend: Backend) -> Vec<usize> {
+    let reference = greedy(Backend::Candle);
+    let other = greedy(backend);
     let agreed: Vec<usize> = reference
         .iter()
         .zip(&other)
@@ -75,27 +75,27 @@ fn agreement(weights: WeightFormat) -> Vec<usize> {
             }
         })
         .collect();
-    eprintln!("{weights:?}: tokens agreeing with the reference per prompt: {agreed:?}");
+    eprintln!("{backend:?}: tokens agreeing with the reference per prompt: {agreed:?}");
     agreed
 }
 
 /// The most the reference's own logit for its greedy token may exceed its
-/// logit for the fast path's pick, where the two picks differ: below this the
+/// logit for the native pick, where the two picks differ: below this the
 /// two candidates are a near tie that 8-bit rounding may break either way.
 const NEAR_TIE_LOGITS: f32 = 0.5;
 
 #[test]
-fn fast_path_differs_from_the_reference_only_at_near_ties() {
+fn native_differs_from_the_reference_only_at_near_ties() {
     // Teacher-forced along the reference's greedy tokens, so that one flipped
     // near tie does not make every later token incomparable.
-    let load = |weights| {
+    let load = |backend| {
         Model::load_with(
             &default_model_path(),
-            LoadOptions::default().weights(weights),
+            LoadOptions::default().backend(backend),
         )
         .expect("load the model")
     };
-    let (reference, fast) = (load(WeightFormat::Reference), load(WeightFormat::default()));
+    let (reference, native) = (load(Backend::Candle), load(Backend::default()));
     let argmax = |logits: &[f32]| {
         (0..logits.len()).fold(0, |best, i| if logits[i] > logits[best] { i } else { best })
     };
@@ -108,13 +108,13 @@ fn fast_path_differs_from_the_reference_only_at_near_ties() {
             .tokenizer()
             .encode(&prompt, false)
             .expect("encode");
-        let (mut want_session, mut got_session) = (reference.session(), fast.session());
+        let (mut want_session, mut got_session) = (reference.session(), native.session());
         let (mut input, mut pos) = (ids, 0);
         for _ in 0..COMPARED_TOKENS {
             let want = want_session
                 .forward_last(&input, pos)
                 .expect("reference step");
-            let got = got_session.forward_last(&input, pos).expect("fast step");
+            let got = got_session.forward_last(&input, pos).expect("native step");
             let (w, g) = (argmax(&want), argmax(&got));
             steps += 1;
             if w != g {
@@ -122,7 +122,7 @@ fn fast_path_differs_from_the_reference_only_at_near_ties() {
                 let margin = want[w] - want[g];
                 assert!(
                     margin < NEAR_TIE_LOGITS,
-                    "{question:?} at position {pos}: fast picks {g}, the reference {w} by \
+                    "{question:?} at position {pos}: native picks {g}, the reference {w} by \
                      {margin} logits"
                 );
             }
@@ -146,8 +146,8 @@ fn fast_path_differs_from_the_reference_only_at_near_ties() {
 /// are expected, and a broken kernel or forward pass agrees on almost
 /// nothing. The bound is a quarter of the tokens compared.
 #[test]
-fn fast_path_greedy_output_mostly_agrees_with_the_reference() {
-    let agreed = agreement(WeightFormat::Fast);
+fn native_greedy_output_mostly_agrees_with_the_reference() {
+    let agreed = agreement(Backend::Native);
     let total: usize = agreed.iter().sum();
     assert!(
         total * 4 >= COMPARED_TOKENS * PROMPTS.len(),

@@ -1,0 +1,499 @@
+//! The layers every family is built from, on plain f32 slices: RMS norm,
+//! rotary embeddings (both pairings, with divisors and linear scaling), the
+//! gated feed-forward activations, and attention over a KV cache whose
+//! layers hold either the whole context or, for windowed layers, only their
+//! window (a ring of slots).
+//!
+//! The KV cache stores keys in tiles of [`KEY_TILE`] positions,
+//! dimension-major inside a tile, so a query's scores against 16 keys are 16
+//! lanes of one multiply-add per dimension, and one pass over a KV head's
+//! keys serves its whole group of query heads.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use super::hparams::{Activation, Hparams, Rope, RopeStyle, MAX_GROUP};
+use crate::math::{exp_in_place, fast_exp};
+use crate::quant::dot_f32;
+
+/// Key positions per tile of the key cache (16 f32 lanes: one AVX-512 register).
+pub const KEY_TILE: usize = 16;
+
+/// Key positions per task when a decode step's attention is split (a
+/// multiple of [`KEY_TILE`]): past this, a step has work for every core.
+const KEY_CHUNK: usize = 256;
+
+/// Tokens one parallel task takes in the element-wise steps of a prompt.
+pub const TOKENS_PER_TASK: usize = 8;
+
+/// `sqrt(2 / pi)`, GELU's tanh approximation's inner factor.
+const GELU_SQRT_2_OVER_PI: f32 = 0.797_884_6;
+/// GELU's tanh approximation's cubic coefficient.
+const GELU_CUBIC: f32 = 0.044_715;
+
+/// `out = x / rms(x) * weight`, row by row (rows of `weight.len()` values).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let n = weight.len();
+    for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
+        let inverse = inverse_rms(x, eps);
+        for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+            *o = v * inverse * w;
+        }
+    }
+}
+
+/// [`rms_norm`] in place.
+pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    for x in x.chunks_exact_mut(weight.len()) {
+        let inverse = inverse_rms(x, eps);
+        for (v, &w) in x.iter_mut().zip(weight) {
+            *v *= inverse * w;
+        }
+    }
+}
+
+fn inverse_rms(x: &[f32], eps: f32) -> f32 {
+    let mean_square = dot_f32(x, x) / x.len() as f32;
+    1.0 / (mean_square + eps).sqrt()
+}
+
+/// `x += y`.
+pub fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
+}
+
+/// `act = activation(gate) * up` for each token: rows of `act` are `width`
+/// values, rows of `gate_up` the token's gate values followed by its up values.
+pub fn gated_activation(activation: Activation, width: usize, gate_up: &[f32], act: &mut [f32]) {
+    act.par_chunks_exact_mut(width)
+        .zip(gate_up.par_chunks_exact(2 * width))
+        .with_min_len(TOKENS_PER_TASK)
+        .for_each(|(act, gate_up)| {
+            let (gate, up) = gate_up.split_at(width);
+            match activation {
+                Activation::Silu => {
+                    for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
+                        *a = g / (1.0 + fast_exp(-g)) * u;
+                    }
+                }
+                Activation::GeluTanh => {
+                    for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
+                        *a = gelu_tanh(g) * u;
+                    }
+                }
+            }
+        });
+}
+
+/// GELU, tanh approximation: `x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))`,
+/// with `tanh(y) = 1 - 2 / (e^(2y) + 1)`.
+pub fn gelu_tanh(x: f32) -> f32 {
+    let y = GELU_SQRT_2_OVER_PI * x * (1.0 + GELU_CUBIC * x * x);
+    let tanh = 1.0 - 2.0 / (fast_exp(2.0 * y) + 1.0);
+    0.5 * x * (1.0 + tanh)
+}
+
+/// For each of `tokens` positions from `start`, `cos` then `sin` of each
+/// rotating pair's angle: `[tokens][dims]` (the attention scale is applied
+/// to scores, not here). Angles are `position * theta_i` in f32,
+/// `theta_i = scale / factor_i * base^(-2i / dims)`, as llama.cpp and
+/// candle compute them.
+pub fn rotations(rope: &Rope, start: usize, tokens: usize) -> Vec<f32> {
+    let theta: Vec<f32> = (0..rope.dims)
+        .step_by(2)
+        .enumerate()
+        .map(|(pair, i)| {
+            let theta = 1.0 / rope.base.powf(i as f32 / rope.dims as f32);
+            let factor = rope
+                .factors
+                .as_ref()
+                .and_then(|f| f.get(pair))
+                .copied()
+                .unwrap_or(1.0);
+            theta * rope.scale / factor
+        })
+        .collect();
+    let mut table = Vec::with_capacity(tokens * rope.dims);
+    for position in start..start + tokens {
+        let angles = theta.iter().map(|t| position as f32 * t);
+        table.extend(angles.clone().map(f32::cos));
+        table.extend(angles.map(f32::sin));
+    }
+    table
+}
+
+/// Rotates one head by one position's `rotation` (`cos` then `sin` per pair).
+pub fn rotate(style: RopeStyle, head: &mut [f32], rotation: &[f32]) {
+    let (cos, sin) = rotation.split_at(rotation.len() / 2);
+    let pairs = cos.len();
+    match style {
+        RopeStyle::Adjacent => {
+            for ((pair, &c), &s) in head[..2 * pairs].chunks_exact_mut(2).zip(cos).zip(sin) {
+                let (a, b) = (pair[0], pair[1]);
+                pair[0] = a * c - b * s;
+                pair[1] = a * s + b * c;
+            }
+        }
+        RopeStyle::Halves => {
+            let (first, second) = head[..2 * pairs].split_at_mut(pairs);
+            for (((a, b), &c), &s) in first.iter_mut().zip(second).zip(cos).zip(sin) {
+                let (x, y) = (*a, *b);
+                *a = x * c - y * s;
+                *b = x * s + y * c;
+            }
+        }
+    }
+}
+
+/// One block's cached keys and values: the whole context, or for a
+/// windowed layer a ring of slots just large enough for the window and one
+/// prompt chunk.
+#[derive(Debug)]
+pub struct LayerCache {
+    /// `[kv_heads][slots / KEY_TILE][head_dim][KEY_TILE]`.
+    keys: Vec<f32>,
+    /// `[kv_heads][slots][head_dim]`.
+    values: Vec<f32>,
+    /// Slots per KV head (a multiple of [`KEY_TILE`]); position `p` lives
+    /// in slot `p % slots`.
+    slots: usize,
+    /// Positions a query sees, when the layer is windowed.
+    window: Option<usize>,
+}
+
+impl LayerCache {
+    /// Slots a layer needs: the context, or for a window `w` with prompt
+    /// chunks of up to `chunk` tokens, `w + chunk` (the keys a chunk's
+    /// first query needs are still there when its last key is written).
+    pub fn slots(context: usize, window: Option<usize>, chunk: usize) -> usize {
+        let positions = match window {
+            Some(w) => context.min(w.saturating_add(chunk)),
+            None => context,
+        };
+        positions.div_ceil(KEY_TILE) * KEY_TILE
+    }
+
+    /// An empty cache (zeroed memory, backed by the system as it is written).
+    pub fn new(h: &Hparams, context: usize, window: Option<usize>, chunk: usize) -> Self {
+        let slots = Self::slots(context, window, chunk);
+        Self {
+            keys: vec![0.0; h.kv_heads * slots * h.head_dim],
+            values: vec![0.0; h.kv_heads * slots * h.head_dim],
+            slots,
+            window,
+        }
+    }
+
+    /// Writes one position's keys and values (`kv = [keys | values]`, each
+    /// `[kv_heads][head_dim]`).
+    pub fn store(&mut self, head_dim: usize, position: usize, kv: &[f32]) {
+        let kv_width = kv.len() / 2;
+        let slot = position % self.slots;
+        let tiles = self.slots / KEY_TILE;
+        let (tile, lane) = (slot / KEY_TILE, slot % KEY_TILE);
+        for head in 0..kv_width / head_dim {
+            let key = &kv[head * head_dim..][..head_dim];
+            let tile_start = (head * tiles + tile) * head_dim * KEY_TILE;
+            for (d, &k) in key.iter().enumerate() {
+                self.keys[tile_start + d * KEY_TILE + lane] = k;
+            }
+            let value = &kv[kv_width + head * head_dim..][..head_dim];
+            self.values[(head * self.slots + slot) * head_dim..][..head_dim].copy_from_slice(value);
+        }
+    }
+
+    /// The slot ranges (one, or two when the ring wraps) holding the
+    /// positions a query at `position` attends to.
+    fn slot_ranges(&self, position: usize) -> [Range<usize>; 2] {
+        let first = match self.window {
+            Some(w) => (position + 1).saturating_sub(w),
+            None => 0,
+        };
+        let (start, end) = (first % self.slots, position % self.slots + 1);
+        if start < end {
+            [start..end, 0..0]
+        } else {
+            [start..self.slots, 0..end]
+        }
+    }
+
+    /// Causal attention of `t` tokens' queries (positions `pos..pos + t`;
+    /// `qkv` rows of `[q | k | v]`) over this cache, into `out`
+    /// (`[t][heads * head_dim]`). Each (token, KV head) attends its slot
+    /// ranges, a single decode token's split into [`KEY_CHUNK`] pieces so
+    /// that every core has work; pieces merge by their maxima, as
+    /// flash-decoding does.
+    pub fn attend(&self, h: &Hparams, qkv: &[f32], pos: usize, out: &mut [f32]) {
+        let qkv_width = h.q_width() + 2 * h.kv_width();
+        let t = qkv.len() / qkv_width;
+        let group_width = h.q_width() / h.kv_heads;
+        let split = t == 1;
+        // Tasks in (token, KV head) order; `groups` holds each one's range.
+        let mut tasks = Vec::new();
+        let mut groups = Vec::with_capacity(t * h.kv_heads);
+        for i in 0..t {
+            let ranges = self.slot_ranges(pos + i);
+            for kv_head in 0..h.kv_heads {
+                let first = tasks.len();
+                for range in ranges.iter().filter(|r| !r.is_empty()) {
+                    let step = if split { KEY_CHUNK } else { range.len() };
+                    let mut start = range.start;
+                    while start < range.end {
+                        let end = range.end.min(start + step);
+                        tasks.push((i, kv_head, start..end));
+                        start = end;
+                    }
+                }
+                groups.push(first..tasks.len());
+            }
+        }
+        let head_span = self.slots * h.head_dim;
+        let mut partial_outs = vec![0.0f32; tasks.len() * group_width];
+        let partials: Vec<Partial> = partial_outs
+            .par_chunks_mut(group_width)
+            .zip(tasks.par_iter())
+            .map_init(Vec::new, |scores, (out, (i, kv_head, range))| {
+                let queries = &qkv[i * qkv_width + kv_head * group_width..][..group_width];
+                let span = AttendRange {
+                    keys: &self.keys[kv_head * head_span..][..head_span],
+                    values: &self.values[kv_head * head_span..][..head_span],
+                    start: range.start,
+                    end: range.end,
+                };
+                attend(queries, span, h.head_dim, h.attention_scale, scores, out)
+            })
+            .collect();
+        out.par_chunks_mut(group_width)
+            .zip(groups.par_iter())
+            .for_each(|(out, tasks)| {
+                merge(
+                    &partials[tasks.clone()],
+                    &partial_outs[tasks.start * group_width..tasks.end * group_width],
+                    h.head_dim,
+                    out,
+                )
+            });
+    }
+
+    /// Bytes this layer's cache takes when full.
+    pub fn bytes(h: &Hparams, context: usize, window: Option<usize>, chunk: usize) -> u64 {
+        let slots = Self::slots(context, window, chunk) as u64;
+        2 * slots * (h.kv_heads * h.head_dim * std::mem::size_of::<f32>()) as u64
+    }
+}
+
+/// One KV head's cached keys and values, and the slots `start..end` to
+/// attend to.
+struct AttendRange<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    start: usize,
+    end: usize,
+}
+
+/// Per query head, the largest scaled score of a range and the sum of
+/// `e^(score - largest)` over it: what merging ranges needs.
+struct Partial {
+    maxima: [f32; MAX_GROUP],
+    totals: [f32; MAX_GROUP],
+}
+
+/// Combines a (token, KV head)'s partial results into `out`: each piece's
+/// sums rescaled to the largest maximum, then normalized.
+fn merge(partials: &[Partial], outs: &[f32], head_dim: usize, out: &mut [f32]) {
+    if let [only] = partials {
+        for ((out, piece), total) in out
+            .chunks_exact_mut(head_dim)
+            .zip(outs.chunks_exact(head_dim))
+            .zip(only.totals)
+        {
+            let inverse = 1.0 / total;
+            out.iter_mut()
+                .zip(piece)
+                .for_each(|(o, &p)| *o = p * inverse);
+        }
+        return;
+    }
+    out.fill(0.0);
+    let group_width = out.len();
+    for (h, out) in out.chunks_exact_mut(head_dim).enumerate() {
+        let max = partials
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, p| m.max(p.maxima[h]));
+        let mut total = 0.0;
+        for (partial, piece) in partials.iter().zip(outs.chunks_exact(group_width)) {
+            let weight = (partial.maxima[h] - max).exp();
+            total += partial.totals[h] * weight;
+            let piece = &piece[h * head_dim..][..head_dim];
+            for (o, &c) in out.iter_mut().zip(piece) {
+                *o += c * weight;
+            }
+        }
+        let inverse = 1.0 / total;
+        out.iter_mut().for_each(|o| *o *= inverse);
+    }
+}
+
+/// One KV head's attention for its group of queries (`[group][head_dim]`)
+/// over a range of slots, into `out` (`[group][head_dim]`), not yet divided
+/// by the softmax totals it returns.
+fn attend(
+    queries: &[f32],
+    range: AttendRange,
+    head_dim: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) -> Partial {
+    let group = queries.len() / head_dim;
+    // Scores are computed for whole tiles from the one holding `start`.
+    let aligned = range.start - range.start % KEY_TILE;
+    let offset = range.start - aligned;
+    let seen = range.end - range.start;
+    let tiles = (range.end - aligned).div_ceil(KEY_TILE);
+    let padded = tiles * KEY_TILE;
+    scores.clear();
+    scores.resize(group * padded, 0.0);
+    let keys = range.keys[aligned * head_dim..].chunks_exact(KEY_TILE * head_dim);
+    for (tile, keys) in keys.take(tiles).enumerate() {
+        for (query, scores) in queries
+            .chunks_exact(head_dim)
+            .zip(scores.chunks_exact_mut(padded))
+        {
+            let mut lanes = [0.0f32; KEY_TILE];
+            for (&q, key) in query.iter().zip(keys.chunks_exact(KEY_TILE)) {
+                for (lane, &k) in lanes.iter_mut().zip(key) {
+                    *lane = q.mul_add(k, *lane);
+                }
+            }
+            scores[tile * KEY_TILE..][..KEY_TILE].copy_from_slice(&lanes);
+        }
+    }
+    // Softmax numerators of each query head's scores.
+    let mut partial = Partial {
+        maxima: [0.0; MAX_GROUP],
+        totals: [0.0; MAX_GROUP],
+    };
+    for (h, scores) in scores.chunks_exact_mut(padded).enumerate() {
+        let scores = &mut scores[offset..][..seen];
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        scores.iter_mut().for_each(|v| *v = (*v - max) * scale);
+        exp_in_place(scores);
+        partial.maxima[h] = max * scale;
+        partial.totals[h] = scores.iter().sum();
+    }
+    let values = &range.values[range.start * head_dim..][..seen * head_dim];
+    for (h, out) in out.chunks_exact_mut(head_dim).enumerate() {
+        let probabilities = &scores[h * padded + offset..][..seen];
+        match head_dim {
+            64 => weighted_sum::<64>(probabilities, values, out),
+            128 => weighted_sum::<128>(probabilities, values, out),
+            256 => weighted_sum::<256>(probabilities, values, out),
+            _ => {
+                out.fill(0.0);
+                for (&p, value) in probabilities.iter().zip(values.chunks_exact(head_dim)) {
+                    for (o, &v) in out.iter_mut().zip(value) {
+                        *o = p.mul_add(v, *o);
+                    }
+                }
+            }
+        }
+    }
+    partial
+}
+
+/// `out = Σ_j p[j] * values[j]` for rows of `D` values, the sum kept in
+/// registers (a fixed size lets the compiler hold it there).
+fn weighted_sum<const D: usize>(probabilities: &[f32], values: &[f32], out: &mut [f32]) {
+    let mut sum = [0.0f32; D];
+    for (&p, value) in probabilities.iter().zip(values.chunks_exact(D)) {
+        for (s, &v) in sum.iter_mut().zip(value) {
+            *s = p.mul_add(v, *s);
+        }
+    }
+    out.copy_from_slice(&sum);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_matches_the_formula() {
+        for &x in &[-6.0f32, -2.5, -1.0, -0.1, 0.0, 0.3, 1.0, 2.0, 7.5] {
+            let exact = 0.5
+                * x
+                * (1.0 + ((2.0 / std::f32::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
+            assert!(
+                (gelu_tanh(x) - exact).abs() < 1e-5,
+                "{x}: {} vs {exact}",
+                gelu_tanh(x)
+            );
+        }
+    }
+
+    #[test]
+    fn halves_and_adjacent_rotate_the_same_pairs_differently() {
+        let rope = Rope {
+            style: RopeStyle::Halves,
+            dims: 4,
+            base: 10_000.0,
+            scale: 1.0,
+            factors: None,
+        };
+        let rotation = rotations(&rope, 3, 1);
+        let mut halves = [1.0, 2.0, 3.0, 4.0, 5.0];
+        rotate(RopeStyle::Halves, &mut halves, &rotation);
+        let mut adjacent = [1.0, 3.0, 2.0, 4.0, 5.0];
+        rotate(RopeStyle::Adjacent, &mut adjacent, &rotation);
+        // The same pairs, (1, 3) and (2, 4), laid out two ways.
+        assert_eq!(
+            [halves[0], halves[2], halves[1], halves[3]],
+            [adjacent[0], adjacent[1], adjacent[2], adjacent[3]]
+        );
+        // Dimensions past `dims` do not move; norms of pairs are kept.
+        assert_eq!(halves[4], 5.0);
+        let norm = (halves[0].powi(2) + halves[2].powi(2)).sqrt();
+        assert!((norm - 10f32.sqrt()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn divisors_and_scale_slow_the_rotation() {
+        let plain = Rope {
+            style: RopeStyle::Halves,
+            dims: 4,
+            base: 10_000.0,
+            scale: 1.0,
+            factors: None,
+        };
+        let divided = Rope {
+            factors: Some(vec![2.0, 2.0]),
+            ..plain.clone()
+        };
+        let scaled = Rope {
+            scale: 0.5,
+            ..plain.clone()
+        };
+        // Position 10 with divisor 2 or scale 1/2 is position 5 undivided.
+        assert_eq!(rotations(&divided, 10, 1), rotations(&plain, 5, 1));
+        assert_eq!(rotations(&scaled, 10, 1), rotations(&plain, 5, 1));
+    }
+
+    #[test]
+    fn ring_slots_cover_the_window() {
+        let cache = LayerCache {
+            keys: Vec::new(),
+            values: Vec::new(),
+            slots: 32,
+            window: Some(20),
+        };
+        assert_eq!(cache.slot_ranges(5), [0..6, 0..0]);
+        assert_eq!(cache.slot_ranges(19), [0..20, 0..0]);
+        assert_eq!(cache.slot_ranges(20), [1..21, 0..0]);
+        // Position 40 sees 21..=40: slots 21..32 then 0..9.
+        assert_eq!(cache.slot_ranges(40), [21..32, 0..9]);
+        let [a, b] = cache.slot_ranges(40);
+        assert_eq!(a.len() + b.len(), 20);
+    }
+}

@@ -1,0 +1,638 @@
+//! The engine's own forward pass for every model family it runs: one
+//! [`Family`] per architecture (one file each), typed [`Hparams`] read once
+//! from the GGUF keys, and one [`Transformer`] built from the shared
+//! [`layers`] on the [`quant`](crate::quant) kernels.
+//!
+//! A family says how its blocks are wired ([`Wiring`]: rotary pairing,
+//! fused or separate Q/K/V and gate/up, biases, Q/K norms, norms after
+//! attention and the feed-forward network, the activation, embedding
+//! scaling) and reads whatever hyper-parameters are its own (Gemma 3's
+//! local layers, Phi-3's context cap). The next family is one new file and
+//! one line in [`FAMILIES`].
+//!
+//! [`Transformer::forward_last`] serves prefill and decode alike (a decode
+//! step is a prompt of one token). Prompts run in chunks of at most
+//! [`PROMPT_CHUNK`] tokens, which bounds the buffers and lets a windowed
+//! layer keep only its window and one chunk. Everything runs on plain
+//! `Vec<f32>` buffers inside one rayon pool per model: a layer is four
+//! matrix products (Q, K and V stacked into one matrix, gate and up into
+//! another) and a few loops over slices.
+
+mod gemma3;
+pub mod hparams;
+pub mod layers;
+mod llama;
+mod phi3;
+mod qwen2;
+mod qwen3;
+
+use std::io::{Read, Seek};
+
+use candle_core::quantized::gguf_file::{Content, TensorInfo};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::Device;
+
+pub use hparams::{Activation, Hparams, Rope, RopeStyle, SlidingWindow, Wiring};
+use layers::{add, gated_activation, rms_norm, rms_norm_in_place, rotate, rotations, LayerCache};
+
+use crate::quant::{Activations, GgufBlocks, Matrix, QuantError};
+use crate::EngineError;
+
+/// Most prompt tokens one forward pass takes; longer prompts run in chunks.
+pub const PROMPT_CHUNK: usize = 512;
+
+/// One model family: how its GGUF file describes it and how its blocks are
+/// wired from the shared layers.
+pub trait Family: Sync {
+    /// The `general.architecture` value.
+    fn architecture(&self) -> &'static str;
+
+    /// How the blocks are wired.
+    fn wiring(&self) -> Wiring;
+
+    /// The hyper-parameters, read once. By default, the keys every family
+    /// shares ([`Hparams::read`]).
+    fn hparams(&self, content: &Content) -> Result<Hparams, EngineError> {
+        Hparams::read(content, self.wiring())
+    }
+
+    /// The tensor of per-frequency rotary divisors this family may carry.
+    fn rope_factors(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// Every family the engine runs.
+pub const FAMILIES: &[&dyn Family] = &[
+    &llama::Llama,
+    &qwen2::Qwen2,
+    &qwen3::Qwen3,
+    &gemma3::Gemma3,
+    &phi3::Phi3,
+];
+
+/// The family of `general.architecture` value `architecture`.
+pub fn family(architecture: &str) -> Option<&'static dyn Family> {
+    FAMILIES
+        .iter()
+        .copied()
+        .find(|f| f.architecture() == architecture)
+}
+
+/// The architectures [`FAMILIES`] covers, comma-separated, for messages.
+pub fn supported_architectures() -> String {
+    let names: Vec<&str> = FAMILIES.iter().map(|f| f.architecture()).collect();
+    names.join(", ")
+}
+
+/// Tensor types the loader reads (through candle's GGUF reader).
+const LOADABLE_TYPES: &[GgmlDType] = &[
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+];
+
+/// One transformer block's weights.
+#[derive(Debug)]
+struct Block {
+    attn_norm: Vec<f32>,
+    /// Q, K and V stacked: `[q_width + 2 * kv_width, hidden]`.
+    qkv: Matrix,
+    /// Their biases, stacked the same way.
+    qkv_bias: Option<Vec<f32>>,
+    /// Per-head RMS norm weights of Q and K (`[head_dim]` each).
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
+    output: Matrix,
+    post_attn_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    /// Gate and up stacked: `[2 * feed_forward, hidden]`.
+    gate_up: Matrix,
+    down: Matrix,
+    post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// A model's weights in the kernels' layouts, shared by sessions (in an `Arc`).
+#[derive(Debug)]
+pub struct Transformer {
+    hparams: Hparams,
+    /// The token embedding; rows are dequantized on lookup.
+    embedding: Matrix,
+    /// The output projection, or `None` when it is the embedding (tied).
+    output: Option<Matrix>,
+    blocks: Vec<Block>,
+    output_norm: Vec<f32>,
+    /// `sqrt(hidden)` when the family scales embeddings.
+    embedding_scale: Option<f32>,
+    /// Positions a session holds.
+    context: usize,
+    /// Most prompt tokens per forward pass ([`PROMPT_CHUNK`]).
+    prompt_chunk: usize,
+    pool: rayon::ThreadPool,
+}
+
+/// One sequence's keys and values and the kernels' scratch space.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    activations: Activations,
+}
+
+/// What one chunk computes, sized for its tokens.
+struct Buffers {
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    projected: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+}
+
+/// Bytes one session's KV cache takes when full, for a model with
+/// `hparams` and a context of `context` tokens.
+pub fn kv_cache_bytes(hparams: &Hparams, context: usize) -> u64 {
+    (0..hparams.blocks)
+        .map(|i| LayerCache::bytes(hparams, context, hparams.window(i), PROMPT_CHUNK))
+        .sum()
+}
+
+/// Reads the family and hyper-parameters of a GGUF file and checks that
+/// every tensor the family needs is present with the right shape and type
+/// and lies inside the file, before any weight is read.
+pub fn check(
+    content: &Content,
+    file_size: u64,
+) -> Result<(&'static dyn Family, Hparams), CheckError> {
+    let architecture = crate::gguf::Metadata(content)
+        .required_string("general.architecture")
+        .map_err(CheckError::Engine)?;
+    let family = family(architecture).ok_or_else(|| CheckError::Unsupported {
+        architecture: architecture.to_owned(),
+    })?;
+    let hparams = family.hparams(content).map_err(CheckError::Engine)?;
+    // Every tensor, used or not, must be a loadable type and lie inside the file.
+    for (name, tensor) in &content.tensor_infos {
+        check_extent(name, tensor, content.tensor_data_offset, file_size)?;
+    }
+    for (name, shape) in expected_tensors(family, &hparams, content) {
+        let info = content
+            .tensor_infos
+            .get(&name)
+            .ok_or_else(|| CheckError::Invalid(format!("tensor {name} is missing")))?;
+        if info.shape.dims() != shape.as_slice() {
+            return Err(CheckError::Invalid(format!(
+                "tensor {name} has shape {:?}, expected {shape:?}",
+                info.shape.dims()
+            )));
+        }
+        // Quantized matrix rows are whole blocks, or the kernels misread them.
+        let block = info.ggml_dtype.block_size();
+        if shape.last().is_some_and(|cols| cols % block != 0) {
+            return Err(CheckError::Invalid(format!(
+                "tensor {name}: rows of {} values do not fill whole {:?} blocks of {block}",
+                shape.last().copied().unwrap_or_default(),
+                info.ggml_dtype
+            )));
+        }
+    }
+    Ok((family, hparams))
+}
+
+/// Why [`check`] refused a file; the caller adds the path.
+#[derive(Debug)]
+pub enum CheckError {
+    /// `general.architecture` names no family here.
+    Unsupported {
+        /// The file's architecture.
+        architecture: String,
+    },
+    /// A tensor type the loader cannot read.
+    TensorType {
+        /// The tensor's name.
+        tensor: String,
+        /// Its type.
+        dtype: String,
+    },
+    /// Something else is wrong with the file.
+    Invalid(String),
+    /// An error that already says everything (metadata).
+    Engine(EngineError),
+}
+
+/// Every tensor the family's wiring reads, with its shape (candle's order:
+/// rows, then columns).
+fn expected_tensors(
+    family: &dyn Family,
+    h: &Hparams,
+    content: &Content,
+) -> Vec<(String, Vec<usize>)> {
+    let w = h.wiring;
+    let (hidden, q, kv, ff) = (h.hidden, h.q_width(), h.kv_width(), h.feed_forward);
+    let mut expected: Vec<(String, Vec<usize>)> = vec![
+        ("output_norm.weight".into(), vec![hidden]),
+        ("token_embd.weight".into(), vec![h.vocab, hidden]),
+    ];
+    if content.tensor_infos.contains_key("output.weight") {
+        expected.push(("output.weight".into(), vec![h.vocab, hidden]));
+    }
+    if let Some(name) = family.rope_factors() {
+        if content.tensor_infos.contains_key(name) {
+            expected.push((name.into(), vec![h.rope.dims / 2]));
+        }
+    }
+    for i in 0..h.blocks {
+        let mut part = |name: &str, shape: Vec<usize>| {
+            expected.push((format!("blk.{i}.{name}"), shape));
+        };
+        part("attn_norm.weight", vec![hidden]);
+        part("ffn_norm.weight", vec![hidden]);
+        part("attn_output.weight", vec![hidden, q]);
+        part("ffn_down.weight", vec![hidden, ff]);
+        if w.fused_qkv {
+            part("attn_qkv.weight", vec![q + 2 * kv, hidden]);
+        } else {
+            part("attn_q.weight", vec![q, hidden]);
+            part("attn_k.weight", vec![kv, hidden]);
+            part("attn_v.weight", vec![kv, hidden]);
+        }
+        if w.qkv_bias {
+            part("attn_q.bias", vec![q]);
+            part("attn_k.bias", vec![kv]);
+            part("attn_v.bias", vec![kv]);
+        }
+        if w.qk_norm {
+            part("attn_q_norm.weight", vec![h.head_dim]);
+            part("attn_k_norm.weight", vec![h.head_dim]);
+        }
+        if w.sandwich_norms {
+            part("post_attention_norm.weight", vec![hidden]);
+            part("post_ffw_norm.weight", vec![hidden]);
+        }
+        if w.fused_gate_up {
+            part("ffn_up.weight", vec![2 * ff, hidden]);
+        } else {
+            part("ffn_gate.weight", vec![ff, hidden]);
+            part("ffn_up.weight", vec![ff, hidden]);
+        }
+    }
+    expected
+}
+
+/// Checks that a tensor's type is loadable and its bytes lie inside the
+/// file, with overflow-checked arithmetic (a crafted shape can overflow).
+fn check_extent(
+    name: &str,
+    tensor: &TensorInfo,
+    data_offset: u64,
+    file_size: u64,
+) -> Result<(), CheckError> {
+    if !LOADABLE_TYPES.contains(&tensor.ggml_dtype) {
+        return Err(CheckError::TensorType {
+            tensor: name.to_owned(),
+            dtype: format!("{:?}", tensor.ggml_dtype),
+        });
+    }
+    let dims = tensor.shape.dims();
+    let elements = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| CheckError::Invalid(format!("tensor {name} shape {dims:?} overflows")))?;
+    let block = tensor.ggml_dtype.block_size();
+    if elements == 0 || elements % block != 0 {
+        return Err(CheckError::Invalid(format!(
+            "tensor {name} has {elements} values, not a positive multiple of the {:?} block \
+             size {block}",
+            tensor.ggml_dtype
+        )));
+    }
+    let bytes = (elements / block)
+        .checked_mul(tensor.ggml_dtype.type_size())
+        .and_then(|b| u64::try_from(b).ok());
+    let end = bytes
+        .and_then(|b| data_offset.checked_add(tensor.offset)?.checked_add(b))
+        .filter(|&end| end <= file_size);
+    if end.is_none() {
+        return Err(CheckError::Invalid(format!(
+            "tensor {name} ({dims:?} {:?} at offset {}) lies beyond the end of the file \
+             ({file_size} bytes): the file is truncated or corrupt",
+            tensor.ggml_dtype, tensor.offset
+        )));
+    }
+    Ok(())
+}
+
+impl Transformer {
+    /// Reads every tensor of a file [`check`] accepted into the kernels'
+    /// layouts; sessions hold up to `context` tokens and the products run
+    /// on `threads` threads.
+    pub fn load<R: Read + Seek + Send>(
+        family: &dyn Family,
+        mut hparams: Hparams,
+        content: &Content,
+        reader: &mut R,
+        context: usize,
+        threads: usize,
+    ) -> candle_core::Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("textstream-kernel-{i}"))
+            .build()
+            .map_err(|e| candle_core::Error::Msg(format!("starting the thread pool: {e}")))?;
+        let mut read = |name: &str| content.tensor(reader, name, &Device::Cpu);
+        let factors_tensor = family
+            .rope_factors()
+            .filter(|name| content.tensor_infos.contains_key(*name));
+        if let Some(name) = factors_tensor {
+            let factors = vector(&read(name)?)?;
+            if factors.iter().any(|f| !f.is_finite() || *f <= 0.0) {
+                candle_core::bail!("{name} holds a divisor that is not a positive number")
+            }
+            hparams.rope.factors = Some(factors);
+        }
+        let embedding = read("token_embd.weight")?;
+        let output = match content.tensor_infos.contains_key("output.weight") {
+            true => Some(read("output.weight")?),
+            false => None,
+        };
+        let output_norm = vector(&read("output_norm.weight")?)?;
+        let w = hparams.wiring;
+        // Reading is sequential; laying matrices out for the kernels runs on
+        // the pool: the embedding beside the blocks, two matrices at a time.
+        let (embedding, blocks) = pool.install(|| {
+            rayon::join(
+                || matrix(&[&embedding]),
+                || {
+                    (0..hparams.blocks)
+                        .map(|i| {
+                            let mut part = |name: &str| read(&format!("blk.{i}.{name}"));
+                            let qkv_parts = match w.fused_qkv {
+                                true => vec![part("attn_qkv.weight")?],
+                                false => vec![
+                                    part("attn_q.weight")?,
+                                    part("attn_k.weight")?,
+                                    part("attn_v.weight")?,
+                                ],
+                            };
+                            let qkv_bias = match w.qkv_bias {
+                                true => Some(
+                                    [
+                                        vector(&part("attn_q.bias")?)?,
+                                        vector(&part("attn_k.bias")?)?,
+                                        vector(&part("attn_v.bias")?)?,
+                                    ]
+                                    .concat(),
+                                ),
+                                false => None,
+                            };
+                            let qk_norm = match w.qk_norm {
+                                true => Some((
+                                    vector(&part("attn_q_norm.weight")?)?,
+                                    vector(&part("attn_k_norm.weight")?)?,
+                                )),
+                                false => None,
+                            };
+                            let (post_attn_norm, post_ffn_norm) = match w.sandwich_norms {
+                                true => (
+                                    Some(vector(&part("post_attention_norm.weight")?)?),
+                                    Some(vector(&part("post_ffw_norm.weight")?)?),
+                                ),
+                                false => (None, None),
+                            };
+                            let attn_output = part("attn_output.weight")?;
+                            let gate_up_parts = match w.fused_gate_up {
+                                true => vec![part("ffn_up.weight")?],
+                                false => vec![part("ffn_gate.weight")?, part("ffn_up.weight")?],
+                            };
+                            let down = part("ffn_down.weight")?;
+                            let (attn_norm, ffn_norm) =
+                                (part("attn_norm.weight")?, part("ffn_norm.weight")?);
+                            let qkv_refs: Vec<&QTensor> = qkv_parts.iter().collect();
+                            let gate_up_refs: Vec<&QTensor> = gate_up_parts.iter().collect();
+                            let ((qkv, output), (gate_up, down)) = rayon::join(
+                                || (matrix(&qkv_refs), matrix(&[&attn_output])),
+                                || (matrix(&gate_up_refs), matrix(&[&down])),
+                            );
+                            Ok(Block {
+                                attn_norm: vector(&attn_norm)?,
+                                qkv: qkv?,
+                                qkv_bias,
+                                qk_norm,
+                                output: output?,
+                                post_attn_norm,
+                                ffn_norm: vector(&ffn_norm)?,
+                                gate_up: gate_up?,
+                                down: down?,
+                                post_ffn_norm,
+                            })
+                        })
+                        .collect::<candle_core::Result<Vec<_>>>()
+                },
+            )
+        });
+        Ok(Self {
+            embedding_scale: w.scale_embedding.then(|| (hparams.hidden as f32).sqrt()),
+            hparams,
+            embedding: embedding?,
+            output: output.map(|o| matrix(&[&o])).transpose()?,
+            blocks: blocks?,
+            output_norm,
+            context,
+            prompt_chunk: PROMPT_CHUNK,
+            pool,
+        })
+    }
+
+    /// Sets the most prompt tokens per forward pass (at least 1), which also
+    /// sizes windowed layers' rings: tests use a small one to make rings wrap.
+    #[doc(hidden)]
+    pub fn with_prompt_chunk(mut self, tokens: usize) -> Self {
+        self.prompt_chunk = tokens.max(1);
+        self
+    }
+
+    /// The hyper-parameters the model was built from.
+    pub fn hparams(&self) -> &Hparams {
+        &self.hparams
+    }
+
+    /// An empty cache for one sequence of up to the model's context.
+    pub fn new_cache(&self) -> KvCache {
+        let h = &self.hparams;
+        KvCache {
+            layers: (0..h.blocks)
+                .map(|i| LayerCache::new(h, self.context, h.window(i), self.prompt_chunk))
+                .collect(),
+            activations: Activations::new(),
+        }
+    }
+
+    /// Runs `ids` at positions `pos..pos + ids.len()`, writing their keys and
+    /// values into `cache`, and returns the logits after the last one.
+    pub fn forward_last(
+        &self,
+        cache: &mut KvCache,
+        ids: &[u32],
+        pos: usize,
+    ) -> candle_core::Result<Vec<f32>> {
+        let end = pos + ids.len();
+        if ids.is_empty() || end > self.context {
+            candle_core::bail!("positions {pos}..{end} outside 1..={}", self.context)
+        }
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= self.embedding.rows()) {
+            candle_core::bail!("token id {id} is outside the vocabulary")
+        }
+        Ok(self.pool.install(|| {
+            let mut last = Vec::new();
+            for (i, chunk) in ids.chunks(self.prompt_chunk).enumerate() {
+                last = self.forward_chunk(cache, chunk, pos + i * self.prompt_chunk);
+            }
+            self.logits(cache, &last)
+        }))
+    }
+
+    /// One chunk through every block; returns the last token's hidden state.
+    fn forward_chunk(&self, cache: &mut KvCache, ids: &[u32], pos: usize) -> Vec<f32> {
+        let h = &self.hparams;
+        let w = h.wiring;
+        let t = ids.len();
+        let (q_width, kv_width) = (h.q_width(), h.kv_width());
+        let qkv_width = q_width + 2 * kv_width;
+        let mut b = Buffers {
+            x: vec![0.0; t * h.hidden],
+            normed: vec![0.0; t * h.hidden],
+            qkv: vec![0.0; t * qkv_width],
+            attn: vec![0.0; t * q_width],
+            projected: vec![0.0; t * h.hidden],
+            gate_up: vec![0.0; t * 2 * h.feed_forward],
+            act: vec![0.0; t * h.feed_forward],
+        };
+        for (x, &id) in b.x.chunks_exact_mut(h.hidden).zip(ids) {
+            self.embedding.dequantize_row(id as usize, x);
+            if let Some(scale) = self.embedding_scale {
+                x.iter_mut().for_each(|v| *v *= scale);
+            }
+        }
+        let global = rotations(&h.rope, pos, t);
+        let local = h
+            .sliding_window
+            .as_ref()
+            .and_then(|s| s.rope.as_ref())
+            .map(|rope| rotations(rope, pos, t));
+        let acts = &mut cache.activations;
+        for (i, (block, layer)) in self.blocks.iter().zip(&mut cache.layers).enumerate() {
+            let rotation = match (&local, h.window(i)) {
+                (Some(local), Some(_)) => local,
+                _ => &global,
+            };
+            rms_norm(&b.x, &block.attn_norm, h.rms_eps, &mut b.normed);
+            block.qkv.matmul(&b.normed, &mut b.qkv, acts);
+            for (j, token) in b.qkv.chunks_exact_mut(qkv_width).enumerate() {
+                if let Some(bias) = &block.qkv_bias {
+                    add(token, bias);
+                }
+                let (q, kv) = token.split_at_mut(q_width);
+                if let Some((q_norm, k_norm)) = &block.qk_norm {
+                    rms_norm_in_place(q, q_norm, h.rms_eps);
+                    rms_norm_in_place(&mut kv[..kv_width], k_norm, h.rms_eps);
+                }
+                let rotation = &rotation[j * h.rope.dims..][..h.rope.dims];
+                for head in q.chunks_exact_mut(h.head_dim) {
+                    rotate(w.rope_style, head, rotation);
+                }
+                for head in kv[..kv_width].chunks_exact_mut(h.head_dim) {
+                    rotate(w.rope_style, head, rotation);
+                }
+                layer.store(h.head_dim, pos + j, kv);
+            }
+            layer.attend(h, &b.qkv, pos, &mut b.attn);
+            block.output.matmul(&b.attn, &mut b.projected, acts);
+            if let Some(norm) = &block.post_attn_norm {
+                rms_norm_in_place(&mut b.projected, norm, h.rms_eps);
+            }
+            add(&mut b.x, &b.projected);
+
+            rms_norm(&b.x, &block.ffn_norm, h.rms_eps, &mut b.normed);
+            block.gate_up.matmul(&b.normed, &mut b.gate_up, acts);
+            gated_activation(w.activation, h.feed_forward, &b.gate_up, &mut b.act);
+            block.down.matmul(&b.act, &mut b.projected, acts);
+            if let Some(norm) = &block.post_ffn_norm {
+                rms_norm_in_place(&mut b.projected, norm, h.rms_eps);
+            }
+            add(&mut b.x, &b.projected);
+        }
+        b.x.split_off((t - 1) * h.hidden)
+    }
+
+    /// The logits of one hidden state.
+    fn logits(&self, cache: &mut KvCache, last: &[f32]) -> Vec<f32> {
+        let h = &self.hparams;
+        let mut normed = vec![0.0; h.hidden];
+        rms_norm(last, &self.output_norm, h.rms_eps, &mut normed);
+        let output = self.output.as_ref().unwrap_or(&self.embedding);
+        let mut logits = vec![0.0; output.rows()];
+        output.matmul(&normed, &mut logits, &mut cache.activations);
+        logits
+    }
+}
+
+/// A norm's (or bias's) weights as f32.
+fn vector(t: &QTensor) -> candle_core::Result<Vec<f32>> {
+    t.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()
+}
+
+/// The matrices `parts` (same columns) stacked by rows into one kernel
+/// matrix. Parts in a type the kernels read keep their values; the rest go
+/// through f32 (kept as f32 when every part is f32, else re-rounded to 8 bits).
+fn matrix(parts: &[&QTensor]) -> candle_core::Result<Matrix> {
+    let first = parts[0].dtype();
+    let cols = parts[0].shape().dims2()?.1;
+    let rows: usize = parts
+        .iter()
+        .map(|p| p.shape().dims2().map(|(r, _)| r))
+        .sum::<candle_core::Result<usize>>()?;
+    let same_type = parts.iter().all(|p| p.dtype() == first);
+    let direct = match first {
+        GgmlDType::Q4_1 => Some(GgufBlocks::Q4_1),
+        GgmlDType::Q4_0 => Some(GgufBlocks::Q4_0),
+        GgmlDType::Q8_0 => Some(GgufBlocks::Q8_0),
+        _ => None,
+    };
+    let direct = match (direct, same_type) {
+        (Some(kind), true) => {
+            let mut bytes = Vec::new();
+            for part in parts {
+                bytes.extend_from_slice(&part.data()?);
+            }
+            Some(Matrix::from_gguf(kind, &bytes, rows, cols))
+        }
+        _ => None,
+    };
+    let built = match direct {
+        Some(Err(QuantError::ScaleRange)) | None => {
+            let mut values = Vec::with_capacity(rows * cols);
+            for part in parts {
+                values.extend(
+                    part.dequantize(&Device::Cpu)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                );
+            }
+            match parts.iter().all(|p| p.dtype() == GgmlDType::F32) {
+                true => Matrix::from_f32(values, rows, cols),
+                false => Matrix::quantize_eight(&values, rows, cols),
+            }
+        }
+        Some(built) => built,
+    };
+    built.map_err(|e| candle_core::Error::Msg(e.to_string()))
+}

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """llama.cpp's figures for the comparison with `textstream_engine::bench`.
 
-A benchmark tool only, never a dependency of textstream. Install it with
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON \
-    -DGGML_AVX512=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" \
-    python3 -m pip install llama-cpp-python==0.3.36
+A benchmark tool only, never a dependency of textstream. Install it from
+source (about 20 minutes on 2 cores) for AVX2, AVX-512 and AVX-512 VNNI,
+without the AMX kernels that crash on some Xeons:
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+    -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON \
+    -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF" \
+    python3 -m pip install --no-binary llama-cpp-python llama-cpp-python==0.3.36
 
 Measures what bench.rs measures, the same way: load time; then, after one
 warm-up run of 8 tokens, for prompts of 8, 128 and 1024 tokens (the tokens of

@@ -333,3 +333,91 @@ fn serve_answers_and_exits_cleanly_on_sigterm() {
     assert_eq!(exit.code(), Some(0), "serve did not exit 0 on SIGTERM");
     let _ = std::fs::remove_file(tiny);
 }
+
+/// `textstream models` lists every catalog model with its architecture and
+/// whether it is cached, in the cache `TEXTSTREAM_CACHE_DIR` names.
+#[test]
+fn models_lists_the_catalog_and_what_is_cached() {
+    let cache = std::env::temp_dir().join(format!("textstream-cli-{}-cache", std::process::id()));
+    std::fs::create_dir_all(&cache).unwrap();
+    let list = |cache: &Path| {
+        let output = textstream()
+            .arg("models")
+            .env("TEXTSTREAM_CACHE_DIR", cache)
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        stdout(&output)
+    };
+    let row = |text: &str, name: &str| {
+        text.lines()
+            .find(|line| line.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{text}"))
+            .to_owned()
+    };
+    let empty = list(&cache);
+    for (name, arch) in [
+        ("smollm2-135m", "llama"),
+        ("qwen2.5-coder-0.5b", "qwen2"),
+        ("gemma3-270m", "gemma3"),
+    ] {
+        let line = row(&empty, name);
+        assert!(line.contains(arch) && line.contains(" no "), "{line}");
+    }
+    // A file of the right size in the cache counts as cached.
+    let default = default_model_path();
+    std::fs::copy(&default, cache.join(default.file_name().unwrap())).unwrap();
+    let line = row(&list(&cache), "smollm2-135m");
+    assert!(line.contains(" yes "), "{line}");
+    let _ = std::fs::remove_dir_all(cache);
+}
+
+/// `--model` takes catalog names; a name that is not one lists those that are.
+#[test]
+fn model_names_select_catalog_models() {
+    let output = textstream()
+        .args(["tokenize", "Hello, world!", "--model", "qwen2.5-coder-0.5b"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(stdout(&output).trim(), "[9707,11,1879,0]");
+    let unknown = textstream()
+        .args(["run", "hi", "--model", "qwen9-giant"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        message.contains("qwen9-giant") && message.contains("gemma3-270m"),
+        "{message}"
+    );
+}
+
+/// `--ctx-size` lowers the context; above the trained one it is an error.
+#[test]
+fn ctx_size_lowers_the_context_only() {
+    let tiny = tiny_model("ctx");
+    let run = |ctx: &str, max_tokens: &str| {
+        textstream()
+            .args(["run", "the rain", "-n", max_tokens, "--ctx-size", ctx])
+            .args(model_arg(&tiny))
+            .output()
+            .unwrap()
+    };
+    assert!(run("64", "8").status.success());
+    // 64 positions cannot hold a prompt and 60 new tokens.
+    let overflow = run("64", "60");
+    assert_eq!(overflow.status.code(), Some(1));
+    let too_large = run("100000", "8");
+    assert_eq!(too_large.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&too_large.stderr).contains("context"),
+        "{}",
+        String::from_utf8_lossy(&too_large.stderr)
+    );
+    let _ = std::fs::remove_file(tiny);
+}

@@ -211,7 +211,7 @@ fn rings_that_wrap_change_nothing() {
         let file = TinyFile::new(
             &format!("{arch}-ring"),
             &TinyModel {
-                sliding_window: Some(12),
+                sliding_window: Some(14),
                 ..tiny(arch)
             },
         );
@@ -259,4 +259,26 @@ fn the_context_can_be_lowered_not_raised() {
     let err = Model::load_with(&file.0, LoadOptions::default().context_length(Some(257)))
         .expect_err("more than trained");
     assert!(err.to_string().contains("256"), "{err}");
+}
+
+/// A trained context whose KV cache cannot fit in memory is refused at load,
+/// with the way out; a lowered one loads.
+#[test]
+fn a_kv_cache_that_cannot_fit_is_refused_up_front() {
+    use textstream_engine::model::LoadOptions;
+    let file = TinyFile::new(
+        "huge-context",
+        &TinyModel {
+            // 2^31 positions of 2 KV heads of 16: 1 TiB of keys and values.
+            context_length: 1 << 31,
+            ..tiny("llama")
+        },
+    );
+    let err = Model::load(&file.0).expect_err("a terabyte of KV cache");
+    let message = err.to_string();
+    assert!(message.contains("--ctx-size"), "{message}");
+    let model = Model::load_with(&file.0, LoadOptions::default().context_length(Some(512)))
+        .expect("a context that fits");
+    assert_eq!(model.info().trained_context_length, Some(1 << 31));
+    assert_eq!(model.context_length(), 512);
 }

@@ -83,6 +83,7 @@ pub fn generate_config(args: &SamplingArgs) -> anyhow::Result<GenerateConfig> {
     Ok(GenerateConfig {
         max_new_tokens: args.max_tokens,
         sampling,
+        ..GenerateConfig::default()
     })
 }
 

@@ -4,10 +4,9 @@
 //! [`run_bench`] loads the model, then for each prompt length runs a prompt
 //! of exactly that many tokens (a fixed English text's tokens, repeated) and
 //! greedily generates a fixed number of tokens, ignoring stop tokens so that
-//! every run decodes the same count. The loop is the engine's own: prefill
-//! and each decode step go through [`Session::forward_last`] and the greedy
-//! [`Sampler`], as in [`crate::generate`], without a streamer (streaming
-//! costs well under 1 % of a step; see `benches/streaming.rs`).
+//! every run decodes the same count. The loop is [`generate`] itself
+//! ([`GenerateConfig::ignore_stop_ids`]), with a streamer that keeps nothing
+//! (streaming costs well under 1 % of a step; see `benches/overhead.rs`).
 //!
 //! `scripts/bench_llamacpp.py` measures llama.cpp the same way, so that the
 //! two reports can be printed side by side.
@@ -15,8 +14,10 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use textstream::{Closed, Streamer};
+
+use crate::generate::{generate, GenerateConfig};
 use crate::model::{LoadOptions, Model, Session};
-use crate::sampling::{Sampler, SamplingConfig};
 use crate::EngineError;
 
 /// The prompt lengths of the standard comparison, in tokens.
@@ -147,36 +148,32 @@ pub fn run_bench_with(
     })
 }
 
-/// Prefill `prompt`, then `new_tokens - 1` decode steps, greedily.
+/// A streamer that keeps nothing: the benchmark times the model alone.
+struct Discard;
+
+impl Streamer for Discard {
+    fn put(&mut self, _ids: &[u32]) -> Result<(), Closed> {
+        Ok(())
+    }
+
+    fn finish(&mut self, _reason: textstream::FinishReason) {}
+
+    fn fail(&mut self, _error: Box<dyn std::error::Error + Send + Sync>) {}
+}
+
+/// Prefill `prompt`, then `new_tokens - 1` decode steps, greedily, through
+/// [`generate`].
 fn measure(
     session: &mut Session,
     prompt: &[u32],
     new_tokens: usize,
 ) -> Result<BenchRun, EngineError> {
-    if prompt.is_empty() {
-        return Err(EngineError::EmptyPrompt);
-    }
-    if prompt.len() + new_tokens > session.context_length() {
-        return Err(EngineError::ContextOverflow {
-            prompt_tokens: prompt.len(),
-            max_new_tokens: new_tokens,
-            context_length: session.context_length(),
-        });
-    }
-    let mut sampler = Sampler::new(SamplingConfig::default())?;
-    let mut history = prompt.to_vec();
-    let start = Instant::now();
-    let mut logits = session.forward_last(prompt, 0)?;
-    let prefill = start.elapsed();
-    let mut id = sampler.sample(&mut logits, &history)?.id;
-    let ttft = start.elapsed();
-    let decode_start = Instant::now();
-    for pos in prompt.len()..prompt.len() + new_tokens - 1 {
-        history.push(id);
-        logits = session.forward_last(&[id], pos)?;
-        id = sampler.sample(&mut logits, &history)?.id;
-    }
-    let decode = decode_start.elapsed();
+    let config = GenerateConfig {
+        max_new_tokens: new_tokens,
+        ignore_stop_ids: true,
+        ..GenerateConfig::default()
+    };
+    let timings = generate(session, prompt, &config, &mut Discard)?.timings;
     let per_second = |n: usize, d: Duration| match d.as_secs_f64() {
         s if s > 0.0 => n as f64 / s,
         _ => f64::INFINITY,
@@ -184,9 +181,9 @@ fn measure(
     Ok(BenchRun {
         prompt_tokens: prompt.len(),
         new_tokens,
-        ttft,
-        prefill_tokens_per_second: per_second(prompt.len(), prefill),
-        decode_tokens_per_second: per_second(new_tokens - 1, decode),
+        ttft: timings.ttft,
+        prefill_tokens_per_second: per_second(prompt.len(), timings.prefill),
+        decode_tokens_per_second: per_second(timings.decode_steps, timings.decode),
     })
 }
 

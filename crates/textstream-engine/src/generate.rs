@@ -41,6 +41,10 @@ pub struct GenerateConfig {
     pub max_new_tokens: usize,
     /// How each token is chosen. By default, greedy.
     pub sampling: SamplingConfig,
+    /// Generate past the model's stop ids (they are put like any token)
+    /// until `max_new_tokens`: benchmarks decode the same count every run.
+    /// By default, false.
+    pub ignore_stop_ids: bool,
 }
 
 impl Default for GenerateConfig {
@@ -48,6 +52,7 @@ impl Default for GenerateConfig {
         Self {
             max_new_tokens: DEFAULT_MAX_NEW_TOKENS,
             sampling: SamplingConfig::default(),
+            ignore_stop_ids: false,
         }
     }
 }
@@ -231,7 +236,10 @@ fn run(
     timings.prefill = start.elapsed();
     let decode_start = Instant::now();
     let mut pos = prompt_ids.len();
-    let stop_ids = session.stop_ids().to_vec();
+    let stop_ids = match config.ignore_stop_ids {
+        true => Vec::new(),
+        false => session.stop_ids().to_vec(),
+    };
 
     let (reason, gone) = loop {
         let picked = sampler.sample(&mut logits, &history)?;

@@ -64,6 +64,7 @@ fn config(max_new_tokens: usize, sampling: SamplingConfig) -> GenerateConfig {
     GenerateConfig {
         max_new_tokens,
         sampling,
+        ..GenerateConfig::default()
     }
 }
 
@@ -253,6 +254,16 @@ fn stop_token_finishes_with_stop_and_is_not_put() {
     let rec = recorder.recording();
     assert!(rec.tokens.is_empty(), "the stop token is not streamed");
     assert_eq!(rec.finish, Some(FinishReason::Stop));
+
+    // Told to ignore stop ids (as the benchmark is), it runs to the length.
+    let through = GenerateConfig {
+        ignore_stop_ids: true,
+        ..config(12, SamplingConfig::default())
+    };
+    let (output, _) = run(&model, &ids, &through);
+    assert_eq!(output.finish_reason, FinishReason::Length);
+    assert_eq!(output.tokens, vec![TINY_EOS; 12]);
+    assert_eq!(output.timings.decode_steps, 11);
 }
 
 #[test]

@@ -7,7 +7,6 @@ use std::time::Instant;
 use textstream::FinishReason;
 use textstream_engine::generate::{generate, GenerateConfig};
 use textstream_engine::model::Model;
-use textstream_engine::sampling::SamplingConfig;
 use textstream_engine::testing::Recorder;
 
 const PROMPT: &str =
@@ -28,12 +27,10 @@ fn greedy_answer_is_deterministic_and_streams_the_same_text() {
     eprintln!("load: {load:?} ({:?})", model.load_timings());
 
     let tokenizer = model.tokenizer();
-    let prompt = tokenizer
-        .encode(PROMPT, tokenizer.add_bos)
-        .expect("encode the prompt");
+    let prompt = model.encode_prompt(PROMPT).expect("encode the prompt");
     let config = GenerateConfig {
         max_new_tokens: MAX_NEW_TOKENS,
-        sampling: SamplingConfig::default(),
+        ..GenerateConfig::default()
     };
 
     let mut runs = Vec::new();

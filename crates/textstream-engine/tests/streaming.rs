@@ -27,10 +27,7 @@ fn prompt_ids(model: &Model, question: &str) -> Vec<u32> {
             Message::new("user", question),
         ])
         .expect("renders the chat template");
-    model
-        .tokenizer()
-        .encode(&prompt, model.tokenizer().add_bos)
-        .unwrap()
+    model.encode_prompt(&prompt).unwrap()
 }
 
 fn options() -> StreamOptions {
@@ -61,6 +58,7 @@ fn streamed_text_equals_the_one_shot_decode() {
                 seed,
                 ..SamplingConfig::default()
             },
+            ..GenerateConfig::default()
         };
         let (producer, mut stream) = AsyncTextIteratorStreamer::new(model.detokenizer(), options());
         let worker = spawn_generate(Arc::clone(&model), ids, config, producer);

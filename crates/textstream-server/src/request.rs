@@ -309,6 +309,7 @@ pub(crate) fn plan(
         config: GenerateConfig {
             max_new_tokens,
             sampling,
+            ..GenerateConfig::default()
         },
         stop,
         stream: params.stream.unwrap_or(false),

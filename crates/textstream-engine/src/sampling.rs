@@ -235,7 +235,8 @@ impl Sampler {
 }
 
 /// The index of the largest value; the first one on ties.
-fn argmax(values: &[f32]) -> usize {
+/// The index of the largest value (the first, on ties): the greedy pick.
+pub fn argmax(values: &[f32]) -> usize {
     let mut best = 0;
     for (i, v) in values.iter().enumerate() {
         if *v > values[best] {

@@ -109,22 +109,11 @@ pub fn write_tiny_model(path: &Path, seed: u64) -> Result<(), EngineError> {
     .write(path)
 }
 
-/// GPT-2's reversible byte-to-character table: printable bytes map to
-/// themselves, the rest to code points from 256 up.
-fn byte_to_char(byte: u8) -> char {
-    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-    if printable(byte) {
-        return char::from(byte);
-    }
-    let rank = (0..byte).filter(|&b| !printable(b)).count() as u32;
-    char::from_u32(256 + rank).unwrap_or(char::REPLACEMENT_CHARACTER)
-}
-
 impl TinyModel {
     /// The vocabulary: specials, 256 byte tokens, then one token per merge.
     pub fn tokens() -> Vec<String> {
         let mut tokens: Vec<String> = TINY_SPECIALS.iter().map(|s| (*s).to_owned()).collect();
-        tokens.extend((0..=255u8).map(|b| byte_to_char(b).to_string()));
+        tokens.extend((0..=255u8).map(|b| textstream::byte_level_char(b).to_string()));
         tokens.extend(TINY_MERGES.iter().map(|m| m.replace(' ', "")));
         tokens
     }

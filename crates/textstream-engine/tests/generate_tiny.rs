@@ -411,13 +411,7 @@ fn sessions_share_weights_but_not_caches() {
 }
 
 fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    textstream_engine::sampling::argmax(logits) as u32
 }
 
 #[test]

@@ -58,13 +58,7 @@ fn fixture(name: &str) -> Vec<Case> {
 }
 
 fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    textstream_engine::sampling::argmax(logits) as u32
 }
 
 fn agrees_with_llama_cpp(name: &str) {

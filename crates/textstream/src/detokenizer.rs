@@ -257,26 +257,30 @@ fn table(
     }))
 }
 
-/// GPT-2's byte-to-character map, inverted: which byte each character stands for.
+/// GPT-2's byte-to-character map, the one byte-level vocabularies are
+/// written in: printable bytes stand for themselves, the others are shifted
+/// past 255 in order, so that every byte has a visible character.
+///
+/// ```
+/// use textstream::byte_level_char;
+///
+/// assert_eq!(byte_level_char(b'a'), 'a');
+/// assert_eq!(byte_level_char(b' '), '\u{120}'); // Ġ, as in "Ġthe"
+/// assert_eq!(byte_level_char(b'\n'), '\u{10a}'); // Ċ
+/// ```
+pub fn byte_level_char(byte: u8) -> char {
+    let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+    if printable(byte) {
+        return char::from(byte);
+    }
+    let rank = (0..byte).filter(|&b| !printable(b)).count() as u32;
+    char::from_u32(256 + rank).unwrap_or(char::REPLACEMENT_CHARACTER)
+}
+
+/// [`byte_level_char`] inverted: which byte each character stands for.
 fn char_to_byte() -> &'static HashMap<char, u8> {
     static MAP: OnceLock<HashMap<char, u8>> = OnceLock::new();
-    MAP.get_or_init(|| {
-        // Printable bytes stand for themselves; the others are shifted past 255
-        // in order, so that every byte has a visible character.
-        let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        let mut shifted = 0u32;
-        (0..=255u8)
-            .map(|b| {
-                let c = if printable(b) {
-                    char::from(b)
-                } else {
-                    shifted += 1;
-                    char::from_u32(255 + shifted).expect("256..512 are valid chars")
-                };
-                (c, b)
-            })
-            .collect()
-    })
+    MAP.get_or_init(|| (0..=255u8).map(|b| (byte_level_char(b), b)).collect())
 }
 
 /// A byte-level token's bytes: each character mapped back to its byte, or the

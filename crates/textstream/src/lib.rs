@@ -77,7 +77,7 @@ mod text_streamer;
 pub use async_iter::AsyncTextIteratorStreamer;
 pub use batch::{batch, BatchStreamer};
 pub use decoder::IncrementalDecoder;
-pub use detokenizer::{Detokenizer, Layout, TokenDecoder, TokenKind, TokenTable};
+pub use detokenizer::{byte_level_char, Detokenizer, Layout, TokenDecoder, TokenKind, TokenTable};
 pub use error::{BatchError, Closed, DecodeError, StreamError};
 pub use events::{TokenEvent, TokenEventStream};
 pub use iter::TextIteratorStreamer;

@@ -55,6 +55,8 @@ pub struct BenchRun {
 pub struct BenchReport {
     /// From opening the file to a usable model.
     pub load: Duration,
+    /// Bytes of weights one decode step reads (native backend only).
+    pub weight_bytes_per_token: Option<usize>,
     /// One entry per prompt length, in the order asked.
     pub runs: Vec<BenchRun>,
     /// The process's peak resident memory (`VmHWM`), in bytes, after all
@@ -81,6 +83,7 @@ impl BenchReport {
         serde_json::json!({
             "engine": "textstream",
             "load_ms": self.load.as_secs_f64() * MS_PER_S,
+            "weight_mib_per_token": self.weight_bytes_per_token.map(|b| b as f64 / BYTES_PER_MIB),
             "peak_rss_mib": self.peak_rss_bytes.map(|b| b as f64 / BYTES_PER_MIB),
             "runs": runs,
         })
@@ -143,6 +146,7 @@ pub fn run_bench_with(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(BenchReport {
         load,
+        weight_bytes_per_token: model.weight_bytes_per_token(),
         runs,
         peak_rss_bytes: peak_rss_bytes(),
     })

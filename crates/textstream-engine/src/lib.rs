@@ -5,7 +5,7 @@
 //! [`tokenizer`] builds the tokenizer from the GGUF metadata, [`template`] renders
 //! chat messages into a prompt, [`model`] reads the weights with candle's GGUF
 //! reader into the engine's own forward pass, [`models`] (one file per model
-//! family, whose matrix products are the [`quant`] kernels; candle's llama is
+//! family, whose matrix products are the engine's own kernels; candle's llama is
 //! kept as the reference, [`model::Backend`]), [`bench`](mod@bench) measures it, and
 //! [`generate`] runs prefill, decode steps and [`sampling`], putting each token
 //! into the streamer.
@@ -42,10 +42,15 @@ mod math;
 pub mod model;
 pub mod model_file;
 pub mod models;
+// The kernels are the engine's own business; tests and benchmarks of this
+// workspace reach them through the `test-support` feature.
+#[cfg(feature = "test-support")]
 pub mod quant;
+#[cfg(not(feature = "test-support"))]
+mod quant;
 pub mod sampling;
 pub mod template;
-#[doc(hidden)]
+#[cfg(feature = "test-support")]
 pub mod testing;
 pub mod tokenizer;
 

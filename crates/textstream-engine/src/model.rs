@@ -2,7 +2,7 @@
 //! weights.
 //!
 //! [`Model::load`] reads the metadata, finds the file's family
-//! ([`models::family`](crate::models::family)), reads its hyper-parameters
+//! ([`crate::models::family`]), reads its hyper-parameters
 //! once, checks that every tensor the family needs is present, of a type the
 //! loader reads, the right shape and inside the file, and that one session's
 //! KV cache fits in memory, and only then reads the weights, so that a
@@ -332,6 +332,14 @@ impl Model {
     /// Token ids that end generation (end of sequence, end of turn).
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
+    }
+
+    /// Bytes of weights one decode step reads, on the native backend.
+    pub fn weight_bytes_per_token(&self) -> Option<usize> {
+        match &self.weights {
+            Weights::Native(weights) => Some(weights.weight_bytes_per_token()),
+            Weights::Candle(_) => None,
+        }
     }
 
     /// How long loading took.

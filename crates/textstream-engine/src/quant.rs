@@ -147,6 +147,7 @@ impl Matrix {
     }
 
     /// Columns (inputs of a product).
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
     pub fn cols(&self) -> usize {
         self.cols
     }

@@ -1,7 +1,7 @@
 //! The engine's own forward pass for every model family it runs: one
 //! [`Family`] per architecture (one file each), typed [`Hparams`] read once
 //! from the GGUF keys, and one [`Transformer`] built from the shared
-//! [`layers`] on the [`quant`](crate::quant) kernels.
+//! layers on the engine's quantized kernels.
 //!
 //! A family says how its blocks are wired ([`Wiring`]: rotary pairing,
 //! fused or separate Q/K/V and gate/up, biases, Q/K norms, norms after
@@ -20,7 +20,7 @@
 
 mod gemma3;
 pub mod hparams;
-pub mod layers;
+mod layers;
 mod llama;
 mod phi3;
 mod qwen2;
@@ -463,6 +463,17 @@ impl Transformer {
     /// The hyper-parameters the model was built from.
     pub fn hparams(&self) -> &Hparams {
         &self.hparams
+    }
+
+    /// Bytes of weights one decode step reads: every block's matrices and
+    /// the output projection (the embedding is read a row at a time).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let blocks: usize = self
+            .blocks
+            .iter()
+            .map(|b| b.qkv.bytes() + b.output.bytes() + b.gate_up.bytes() + b.down.bytes())
+            .sum();
+        blocks + self.output.as_ref().unwrap_or(&self.embedding).bytes()
     }
 
     /// An empty cache for one sequence of up to the model's context.

@@ -192,15 +192,7 @@ fn validate(
             context_length,
         });
     }
-    if let Some(&id) = prompt_ids
-        .iter()
-        .find(|&&id| id as usize >= session.vocab_size())
-    {
-        return Err(EngineError::TokenOutOfRange {
-            id,
-            vocab_size: session.vocab_size(),
-        });
-    }
+    session.check_input(prompt_ids, 0)?;
     config.sampling.validate()
 }
 

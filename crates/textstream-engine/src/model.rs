@@ -398,21 +398,7 @@ impl Session {
     /// the last one. `pos == 0` starts a new sequence (the cache is reset).
     /// Prefill passes the whole prompt at 0; each decode step passes one id.
     pub fn forward_last(&mut self, ids: &[u32], pos: usize) -> Result<Vec<f32>, EngineError> {
-        let end = pos.saturating_add(ids.len());
-        if end > self.context_length {
-            return Err(EngineError::Inference {
-                message: format!(
-                    "position {end} is past the context length of {} tokens",
-                    self.context_length
-                ),
-            });
-        }
-        if let Some(&id) = ids.iter().find(|&&id| id as usize >= self.vocab_size) {
-            return Err(EngineError::TokenOutOfRange {
-                id,
-                vocab_size: self.vocab_size,
-            });
-        }
+        self.check_input(ids, pos)?;
         let device = &self.device;
         let state = &mut self.state;
         let result = guarded("running the model", || -> candle_core::Result<Vec<f32>> {
@@ -434,6 +420,28 @@ impl Session {
                 self.reset();
                 Err(EngineError::Inference { message })
             }
+        }
+    }
+
+    /// Checks that `ids` at positions `pos..` fit in the context and the
+    /// vocabulary: the one check of a forward pass's input, which
+    /// [`crate::generate`] also runs on a prompt before any work.
+    pub fn check_input(&self, ids: &[u32], pos: usize) -> Result<(), EngineError> {
+        let end = pos.saturating_add(ids.len());
+        if end > self.context_length {
+            return Err(EngineError::Inference {
+                message: format!(
+                    "position {end} is past the context length of {} tokens",
+                    self.context_length
+                ),
+            });
+        }
+        match ids.iter().find(|&&id| id as usize >= self.vocab_size) {
+            Some(&id) => Err(EngineError::TokenOutOfRange {
+                id,
+                vocab_size: self.vocab_size,
+            }),
+            None => Ok(()),
         }
     }
 

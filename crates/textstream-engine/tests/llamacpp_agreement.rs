@@ -61,7 +61,7 @@ fn argmax(logits: &[f32]) -> u32 {
     textstream_engine::sampling::argmax(logits) as u32
 }
 
-fn agrees_with_llama_cpp(name: &str) {
+fn agrees_with_llama_cpp(name: &str) -> Model {
     let model = Model::load(&catalog_model_path(name)).expect("load");
     let cases = fixture(name);
     assert_eq!(cases.len(), 8, "{name}: fixture cases");
@@ -120,6 +120,7 @@ fn agrees_with_llama_cpp(name: &str) {
         "{name}: {} of {steps} steps differ",
         flips.len()
     );
+    model
 }
 
 #[test]
@@ -134,5 +135,17 @@ fn qwen2_agrees_with_llama_cpp() {
 
 #[test]
 fn gemma3_agrees_with_llama_cpp() {
-    agrees_with_llama_cpp("gemma3-270m");
+    let model = agrees_with_llama_cpp("gemma3-270m");
+    // Gemma's chat turns (its file has no template) start with BOS once:
+    // the template writes it, and encoding does not add another.
+    let prompt = model
+        .chat_prompt(&[textstream_engine::template::Message::new("user", "Hi")])
+        .expect("Gemma's built-in template");
+    assert_eq!(
+        prompt,
+        "<bos><start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
+    );
+    let ids = model.encode_prompt(&prompt).expect("encode");
+    assert_eq!(ids[..2], [2, 105], "one BOS, then <start_of_turn>");
+    assert_eq!(ids.iter().filter(|&&id| id == 2).count(), 1);
 }

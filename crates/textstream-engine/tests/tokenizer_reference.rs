@@ -237,3 +237,35 @@ proptest! {
         prop_assert_eq!(decoded, text, "{}", name);
     }
 }
+
+/// Qwen's template from its GGUF, rendered as transformers'
+/// `apply_chat_template` renders it: the default system prompt when the
+/// conversation has none, the caller's when it has one.
+#[test]
+fn qwen2_chat_template_renders_like_transformers() {
+    use textstream_engine::template::{ChatTemplate, Message};
+    let tokenizer = tokenizer("qwen2.5-coder-0.5b");
+    let source = tokenizer.chat_template.as_deref().expect("a template");
+    let template = ChatTemplate::new(source, "", "<|im_end|>").expect("parses");
+    assert_eq!(
+        template
+            .render(&[Message::new("user", "Hi")], true)
+            .expect("renders"),
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful \
+         assistant.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(
+        template
+            .render(
+                &[
+                    Message::new("system", "Be brief."),
+                    Message::new("user", "Hi"),
+                    Message::new("assistant", "Hello!"),
+                ],
+                false
+            )
+            .expect("renders"),
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n\
+         <|im_start|>assistant\nHello!<|im_end|>\n"
+    );
+}

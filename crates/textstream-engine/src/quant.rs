@@ -138,6 +138,9 @@ pub enum QuantError {
     /// A Q8_0 scale too large for the offset `-128 d` to fit in f16.
     #[error("a Q8_0 scale is too large to keep its values exactly")]
     ScaleRange,
+    /// Rows appended to a matrix of another width or layout.
+    #[error("rows of another width or layout cannot be appended")]
+    Mismatch,
 }
 
 impl Matrix {
@@ -288,6 +291,22 @@ impl Matrix {
             pairs: cols.div_ceil(PAIR),
             storage: Storage::Eight(stored),
         }
+    }
+
+    /// Appends `other`'s rows below this matrix's (same columns and layout):
+    /// a large matrix can be built a few rows at a time.
+    pub fn append_rows(&mut self, other: Matrix) -> Result<(), QuantError> {
+        if other.cols != self.cols {
+            return Err(QuantError::Mismatch);
+        }
+        match (&mut self.storage, other.storage) {
+            (Storage::Four(a), Storage::Four(b)) => a.extend(b),
+            (Storage::Eight(a), Storage::Eight(b)) => a.extend(b),
+            (Storage::F32(a), Storage::F32(b)) => a.extend(b),
+            _ => return Err(QuantError::Mismatch),
+        }
+        self.rows += other.rows;
+        Ok(())
     }
 
     /// Row `row` as f32 values into `out` (`cols` long): the embedding lookup.
@@ -1021,6 +1040,28 @@ mod tests {
             Matrix::from_f32(vec![0.0; 20], 1, 20).unwrap_err(),
             QuantError::PartialBlock(20)
         );
+    }
+
+    #[test]
+    fn rows_appended_a_few_at_a_time_make_the_whole_matrix() {
+        let (rows, cols) = (10, 2 * PAIR);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let whole = Matrix::quantize_eight(&values, rows, cols).expect("whole");
+        let mut built = Matrix::quantize_eight(&values[..3 * cols], 3, cols).expect("top");
+        built
+            .append_rows(Matrix::quantize_eight(&values[3 * cols..], rows - 3, cols).expect("rest"))
+            .expect("append");
+        let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.1).sin()).collect();
+        let (mut a, mut b) = (vec![0.0; rows], vec![0.0; rows]);
+        whole.matmul(&x, &mut a, &mut Activations::new());
+        built.matmul(&x, &mut b, &mut Activations::new());
+        assert_eq!(a, b);
+        let narrow = Matrix::quantize_eight(&values[..PAIR], 1, PAIR).expect("narrow");
+        assert_eq!(built.append_rows(narrow), Err(QuantError::Mismatch));
+        let f32_rows = Matrix::from_f32(values[..cols].to_vec(), 1, cols).expect("f32");
+        assert_eq!(built.append_rows(f32_rows), Err(QuantError::Mismatch));
     }
 
     proptest! {

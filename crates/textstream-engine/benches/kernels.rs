@@ -1,4 +1,4 @@
-//! The fast path's matrix products alone, at SmolLM2-135M's shapes: one
+//! The native backend's matrix products alone, at SmolLM2-135M's shapes: one
 //! decode step's worth of matrices (30 blocks of Q4_1 Q/K/V, output, gate/up
 //! and down, and the Q8_0 output projection), one token through all of them.
 //! Reports bytes of weights read per second, the figure that bounds decode.

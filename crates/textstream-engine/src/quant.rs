@@ -1,4 +1,4 @@
-//! Quantized weight matrices and the matrix products the fast path runs on
+//! Quantized weight matrices and the matrix products the native forward pass runs on
 //! them: the engine's own CPU kernels.
 //!
 //! # Affine blocks

@@ -1,5 +1,5 @@
-//! Quantized weight matrices and the matrix products the native forward pass runs on
-//! them: the engine's own CPU kernels.
+//! Quantized weight matrices and the matrix products the native forward pass
+//! runs on them: the engine's own CPU kernels.
 //!
 //! # Affine blocks
 //!

@@ -130,7 +130,38 @@ fn smollm2_agrees_with_llama_cpp() {
 
 #[test]
 fn qwen2_agrees_with_llama_cpp() {
-    agrees_with_llama_cpp("qwen2.5-coder-0.5b");
+    let model = agrees_with_llama_cpp("qwen2.5-coder-0.5b");
+    // A chat turn ends at Qwen's own end of turn, not at the length limit.
+    let prompt = model
+        .chat_prompt(&[textstream_engine::template::Message::new(
+            "user",
+            "What is 2 + 2? Answer with the number only.",
+        )])
+        .expect("Qwen's template");
+    let ids = model.encode_prompt(&prompt).expect("encode");
+    let config = textstream_engine::generate::GenerateConfig {
+        max_new_tokens: 32,
+        ..Default::default()
+    };
+    let recorder = textstream_engine::testing::Recorder::new();
+    let output = textstream_engine::generate::generate(
+        &mut model.session(),
+        &ids,
+        &config,
+        &mut recorder.clone(),
+    )
+    .expect("generate");
+    let text = model
+        .tokenizer()
+        .tokenizer
+        .decode(&output.tokens, true)
+        .expect("decode");
+    assert_eq!(
+        output.finish_reason,
+        textstream::FinishReason::Stop,
+        "{text:?}"
+    );
+    assert_eq!(text.trim(), "4");
 }
 
 #[test]

@@ -193,9 +193,5 @@ fn measure(
 
 /// `VmHWM` from `/proc/self/status`, in bytes.
 fn peak_rss_bytes() -> Option<u64> {
-    const BYTES_PER_KIB: u64 = 1024;
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * BYTES_PER_KIB)
+    crate::model::proc_kib_as_bytes("/proc/self/status", "VmHWM:")
 }

@@ -607,9 +607,15 @@ fn model_info(
 
 /// `MemAvailable` from `/proc/meminfo`, where there is one.
 fn available_memory_bytes() -> Option<u64> {
-    const KIB: u64 = 1024;
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    proc_kib_as_bytes("/proc/meminfo", "MemAvailable:")
+}
+
+/// A `KEY: N kB` line of a `/proc` file (`/proc/meminfo`,
+/// `/proc/self/status`), in bytes; `None` where there is no such file or line.
+pub(crate) fn proc_kib_as_bytes(path: &str, key: &str) -> Option<u64> {
+    const BYTES_PER_KIB: u64 = 1024;
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * KIB)
+    Some(kib * BYTES_PER_KIB)
 }

@@ -239,9 +239,8 @@ impl Hparams {
             meta.optional_string(&key("rope.scaling.type"))?,
             meta.optional_f32(&key("rope.scaling.factor"))?,
         ) {
-            (Some("none") | None, None) => 1.0,
+            (Some("none"), _) | (None, None) => 1.0,
             (Some("linear") | None, Some(factor)) if factor > 0.0 => 1.0 / factor,
-            (Some("none"), Some(_)) => 1.0,
             (kind, factor) => {
                 return Err(bad(
                     &key("rope.scaling.type"),

@@ -54,7 +54,37 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     print_table(&ours, theirs.as_ref());
+    print_limits(&ours);
     Ok(())
+}
+
+/// The kernel tier, the weight bytes a decode step reads, the measured read
+/// bandwidth, and how close decode came to the bound they set.
+fn print_limits(ours: &Value) {
+    let kernel = ours["kernel"].as_str().unwrap_or("-");
+    let read = number(ours, "read_gib_s");
+    println!("kernels {kernel}; memory read {} GiB/s", cell(read, 1));
+    let (Some(mib), Some(limit)) = (
+        number(ours, "weight_mib_per_token"),
+        number(ours, "decode_limit_tok_s"),
+    ) else {
+        return;
+    };
+    let runs = ours["runs"].as_array().cloned().unwrap_or_default();
+    let shares: Vec<String> = runs
+        .iter()
+        .filter_map(|r| {
+            Some(format!(
+                "{:.0} % at {}",
+                100.0 * number(r, "decode_tok_s")? / limit,
+                r["prompt_tokens"]
+            ))
+        })
+        .collect();
+    println!(
+        "weights read per token {mib:.1} MiB: decode bound {limit:.1} tok/s; reached {}",
+        shares.join(", ")
+    );
 }
 
 fn number(value: &Value, key: &str) -> Option<f64> {

@@ -55,8 +55,13 @@ pub struct BenchRun {
 pub struct BenchReport {
     /// From opening the file to a usable model.
     pub load: Duration,
+    /// The kernel tier the products ran on (`avx512vnni`, `avx2`, ...).
+    pub kernel: &'static str,
     /// Bytes of weights one decode step reads (native backend only).
     pub weight_bytes_per_token: Option<usize>,
+    /// Bytes per second the model's threads read from memory (see
+    /// [`read_bandwidth`]): with the bytes per token, decode's upper bound.
+    pub read_bytes_per_second: f64,
     /// One entry per prompt length, in the order asked.
     pub runs: Vec<BenchRun>,
     /// The process's peak resident memory (`VmHWM`), in bytes, after all
@@ -83,7 +88,10 @@ impl BenchReport {
         serde_json::json!({
             "engine": "textstream",
             "load_ms": self.load.as_secs_f64() * MS_PER_S,
+            "kernel": self.kernel,
             "weight_mib_per_token": self.weight_bytes_per_token.map(|b| b as f64 / BYTES_PER_MIB),
+            "read_gib_s": self.read_bytes_per_second / BYTES_PER_MIB / 1024.0,
+            "decode_limit_tok_s": self.weight_bytes_per_token.map(|b| self.read_bytes_per_second / b as f64),
             "peak_rss_mib": self.peak_rss_bytes.map(|b| b as f64 / BYTES_PER_MIB),
             "runs": runs,
         })
@@ -121,6 +129,7 @@ pub fn run_bench_with(
             reason: "must be at least 1".to_owned(),
         });
     }
+    let threads = options.threads;
     let started = Instant::now();
     let model = Model::load_with(model_path, options)?;
     let load = started.elapsed();
@@ -144,12 +153,62 @@ pub fn run_bench_with(
         .iter()
         .map(|&len| measure(&mut session, &prompt(len), new_tokens))
         .collect::<Result<Vec<_>, _>>()?;
+    let threads =
+        threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Before the probe, whose buffer would count.
+    let peak_rss_bytes = peak_rss_bytes();
     Ok(BenchReport {
         load,
+        kernel: crate::quant::Tier::selected().map_or("portable", |t| t.name()),
         weight_bytes_per_token: model.weight_bytes_per_token(),
+        read_bytes_per_second: read_bandwidth(threads, BANDWIDTH_PROBE_BYTES),
         runs,
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes,
     })
+}
+
+/// Bytes the bandwidth probe reads: far beyond any cache.
+const BANDWIDTH_PROBE_BYTES: usize = 512 << 20;
+
+/// Bytes per second `threads` threads read from memory: the best of a few
+/// passes summing a `bytes`-long buffer (written first, so its pages exist),
+/// split in 1 MiB pieces as a decode step splits its rows.
+pub fn read_bandwidth(threads: usize, bytes: usize) -> f64 {
+    use rayon::prelude::*;
+    const PASSES: usize = 4;
+    const PIECE: usize = 1 << 17;
+    let Ok(pool) = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+    else {
+        return f64::NAN;
+    };
+    let buffer: Vec<u64> = vec![1; bytes / 8];
+    let mut best = f64::NAN;
+    let mut total = 0u64;
+    for _ in 0..PASSES {
+        let started = Instant::now();
+        total = total.wrapping_add(pool.install(|| {
+            buffer
+                .par_chunks(PIECE)
+                .map(|piece| {
+                    crate::quant::vectorized(
+                        #[inline(always)]
+                        || piece.iter().fold(0u64, |a, &v| a.wrapping_add(v)),
+                    )
+                })
+                .reduce(|| 0, u64::wrapping_add)
+        }));
+        let rate = (buffer.len() * 8) as f64 / started.elapsed().as_secs_f64();
+        best = best.max(rate);
+    }
+    // Every word is 1: a sum that is not the count means the reads were skipped.
+    assert_eq!(
+        total,
+        (PASSES * buffer.len()) as u64,
+        "the probe read every word"
+    );
+    best
 }
 
 /// A streamer that keeps nothing: the benchmark times the model alone.

@@ -5,6 +5,7 @@
 /// per value and was a tenth of a long prompt's time). Cephes' single
 /// precision method: `2^k * e^r` with `|r| <= ln 2 / 2` and a degree-6
 /// polynomial for `e^r`, within 2 ulp of `expf` over the range softmax uses.
+#[inline(always)]
 pub(crate) fn exp_in_place(values: &mut [f32]) {
     const LANES: usize = 16;
     let mut chunks = values.chunks_exact_mut(LANES);

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::hparams::{Activation, Hparams, Rope, RopeStyle, MAX_GROUP};
 use crate::math::{exp_in_place, fast_exp};
-use crate::quant::dot_f32;
+use crate::quant::{dot_f32, vectorized};
 
 /// Key positions per tile of the key cache (16 f32 lanes: one AVX-512 register).
 pub const KEY_TILE: usize = 16;
@@ -33,6 +33,7 @@ const GELU_SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_CUBIC: f32 = 0.044_715;
 
 /// `out = x / rms(x) * weight`, row by row (rows of `weight.len()` values).
+#[inline(always)]
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let n = weight.len();
     for (x, out) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
@@ -44,6 +45,7 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// [`rms_norm`] in place.
+#[inline(always)]
 pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     for x in x.chunks_exact_mut(weight.len()) {
         let inverse = inverse_rms(x, eps);
@@ -53,12 +55,14 @@ pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
     }
 }
 
+#[inline(always)]
 fn inverse_rms(x: &[f32], eps: f32) -> f32 {
     let mean_square = dot_f32(x, x) / x.len() as f32;
     1.0 / (mean_square + eps).sqrt()
 }
 
 /// `x += y`.
+#[inline(always)]
 pub fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(x, y)| *x += y);
 }
@@ -70,24 +74,30 @@ pub fn gated_activation(activation: Activation, width: usize, gate_up: &[f32], a
         .zip(gate_up.par_chunks_exact(2 * width))
         .with_min_len(TOKENS_PER_TASK)
         .for_each(|(act, gate_up)| {
-            let (gate, up) = gate_up.split_at(width);
-            match activation {
-                Activation::Silu => {
-                    for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
-                        *a = g / (1.0 + fast_exp(-g)) * u;
+            vectorized(
+                #[inline(always)]
+                || {
+                    let (gate, up) = gate_up.split_at(width);
+                    match activation {
+                        Activation::Silu => {
+                            for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
+                                *a = g / (1.0 + fast_exp(-g)) * u;
+                            }
+                        }
+                        Activation::GeluTanh => {
+                            for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
+                                *a = gelu_tanh(g) * u;
+                            }
+                        }
                     }
-                }
-                Activation::GeluTanh => {
-                    for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
-                        *a = gelu_tanh(g) * u;
-                    }
-                }
-            }
+                },
+            )
         });
 }
 
 /// GELU, tanh approximation: `x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))`,
 /// with `tanh(y) = 1 - 2 / (e^(2y) + 1)`.
+#[inline(always)]
 pub fn gelu_tanh(x: f32) -> f32 {
     let y = GELU_SQRT_2_OVER_PI * x * (1.0 + GELU_CUBIC * x * x);
     let tanh = 1.0 - 2.0 / (fast_exp(2.0 * y) + 1.0);
@@ -124,6 +134,7 @@ pub fn rotations(rope: &Rope, start: usize, tokens: usize) -> Vec<f32> {
 }
 
 /// Rotates one head by one position's `rotation` (`cos` then `sin` per pair).
+#[inline(always)]
 pub fn rotate(style: RopeStyle, head: &mut [f32], rotation: &[f32]) {
     let (cos, sin) = rotation.split_at(rotation.len() / 2);
     let pairs = cos.len();
@@ -261,17 +272,25 @@ impl LayerCache {
                     start: range.start,
                     end: range.end,
                 };
-                attend(queries, span, h.head_dim, h.attention_scale, scores, out)
+                vectorized(
+                    #[inline(always)]
+                    || attend(queries, span, h.head_dim, h.attention_scale, scores, out),
+                )
             })
             .collect();
         out.par_chunks_mut(group_width)
             .zip(groups.par_iter())
             .for_each(|(out, tasks)| {
-                merge(
-                    &partials[tasks.clone()],
-                    &partial_outs[tasks.start * group_width..tasks.end * group_width],
-                    h.head_dim,
-                    out,
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        merge(
+                            &partials[tasks.clone()],
+                            &partial_outs[tasks.start * group_width..tasks.end * group_width],
+                            h.head_dim,
+                            out,
+                        )
+                    },
                 )
             });
     }
@@ -301,6 +320,7 @@ struct Partial {
 
 /// Combines a (token, KV head)'s partial results into `out`: each piece's
 /// sums rescaled to the largest maximum, then normalized.
+#[inline(always)]
 fn merge(partials: &[Partial], outs: &[f32], head_dim: usize, out: &mut [f32]) {
     if let [only] = partials {
         for ((out, piece), total) in out
@@ -338,6 +358,7 @@ fn merge(partials: &[Partial], outs: &[f32], head_dim: usize, out: &mut [f32]) {
 /// One KV head's attention for its group of queries (`[group][head_dim]`)
 /// over a range of slots, into `out` (`[group][head_dim]`), not yet divided
 /// by the softmax totals it returns.
+#[inline(always)]
 fn attend(
     queries: &[f32],
     range: AttendRange,
@@ -405,6 +426,7 @@ fn attend(
 
 /// `out = Σ_j p[j] * values[j]` for rows of `D` values, the sum kept in
 /// registers (a fixed size lets the compiler hold it there).
+#[inline(always)]
 fn weighted_sum<const D: usize>(probabilities: &[f32], values: &[f32], out: &mut [f32]) {
     let mut sum = [0.0f32; D];
     for (&p, value) in probabilities.iter().zip(values.chunks_exact(D)) {

@@ -28,7 +28,6 @@ mod qwen3;
 
 use std::io::{Read, Seek};
 
-use candle_core::quantized::ggml_file::qtensor_from_ggml;
 use candle_core::quantized::gguf_file::{Content, TensorInfo};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
@@ -36,15 +35,11 @@ use candle_core::Device;
 pub use hparams::{Activation, Hparams, Rope, RopeStyle, SlidingWindow, Wiring};
 use layers::{add, gated_activation, rms_norm, rms_norm_in_place, rotate, rotations, LayerCache};
 
-use crate::quant::{Activations, GgufBlocks, Matrix, QuantError};
+use crate::quant::{vectorized, Activations, GgufType, Matrix, QuantError, QuantType};
 use crate::EngineError;
 
 /// Most prompt tokens one forward pass takes; longer prompts run in chunks.
 pub const PROMPT_CHUNK: usize = 512;
-
-/// Rows of a matrix widened through f32 at a time (types the kernels do not
-/// read): at Qwen's width, 14 MiB of f32 instead of a whole 544 MiB embedding.
-const WIDEN_ROWS: usize = 4096;
 
 /// One model family: how its GGUF file describes it and how its blocks are
 /// wired from the shared layers.
@@ -550,41 +545,58 @@ impl Transformer {
                 (Some(local), Some(_)) => local,
                 _ => &global,
             };
-            rms_norm(&b.x, &block.attn_norm, h.rms_eps, &mut b.normed);
+            vectorized(
+                #[inline(always)]
+                || rms_norm(&b.x, &block.attn_norm, h.rms_eps, &mut b.normed),
+            );
             block.qkv.matmul(&b.normed, &mut b.qkv, acts);
-            for (j, token) in b.qkv.chunks_exact_mut(qkv_width).enumerate() {
-                if let Some(bias) = &block.qkv_bias {
-                    add(token, bias);
-                }
-                let (q, kv) = token.split_at_mut(q_width);
-                if let Some((q_norm, k_norm)) = &block.qk_norm {
-                    rms_norm_in_place(q, q_norm, h.rms_eps);
-                    rms_norm_in_place(&mut kv[..kv_width], k_norm, h.rms_eps);
-                }
-                let rotation = &rotation[j * h.rope.dims..][..h.rope.dims];
-                for head in q.chunks_exact_mut(h.head_dim) {
-                    rotate(w.rope_style, head, rotation);
-                }
-                for head in kv[..kv_width].chunks_exact_mut(h.head_dim) {
-                    rotate(w.rope_style, head, rotation);
-                }
-                layer.store(h.head_dim, pos + j, kv);
-            }
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (j, token) in b.qkv.chunks_exact_mut(qkv_width).enumerate() {
+                        if let Some(bias) = &block.qkv_bias {
+                            add(token, bias);
+                        }
+                        let (q, kv) = token.split_at_mut(q_width);
+                        if let Some((q_norm, k_norm)) = &block.qk_norm {
+                            rms_norm_in_place(q, q_norm, h.rms_eps);
+                            rms_norm_in_place(&mut kv[..kv_width], k_norm, h.rms_eps);
+                        }
+                        let rotation = &rotation[j * h.rope.dims..][..h.rope.dims];
+                        for head in q.chunks_exact_mut(h.head_dim) {
+                            rotate(w.rope_style, head, rotation);
+                        }
+                        for head in kv[..kv_width].chunks_exact_mut(h.head_dim) {
+                            rotate(w.rope_style, head, rotation);
+                        }
+                        layer.store(h.head_dim, pos + j, kv);
+                    }
+                },
+            );
             layer.attend(h, &b.qkv, pos, &mut b.attn);
             block.output.matmul(&b.attn, &mut b.projected, acts);
-            if let Some(norm) = &block.post_attn_norm {
-                rms_norm_in_place(&mut b.projected, norm, h.rms_eps);
-            }
-            add(&mut b.x, &b.projected);
-
-            rms_norm(&b.x, &block.ffn_norm, h.rms_eps, &mut b.normed);
+            vectorized(
+                #[inline(always)]
+                || {
+                    if let Some(norm) = &block.post_attn_norm {
+                        rms_norm_in_place(&mut b.projected, norm, h.rms_eps);
+                    }
+                    add(&mut b.x, &b.projected);
+                    rms_norm(&b.x, &block.ffn_norm, h.rms_eps, &mut b.normed);
+                },
+            );
             block.gate_up.matmul(&b.normed, &mut b.gate_up, acts);
             gated_activation(w.activation, h.feed_forward, &b.gate_up, &mut b.act);
             block.down.matmul(&b.act, &mut b.projected, acts);
-            if let Some(norm) = &block.post_ffn_norm {
-                rms_norm_in_place(&mut b.projected, norm, h.rms_eps);
-            }
-            add(&mut b.x, &b.projected);
+            vectorized(
+                #[inline(always)]
+                || {
+                    if let Some(norm) = &block.post_ffn_norm {
+                        rms_norm_in_place(&mut b.projected, norm, h.rms_eps);
+                    }
+                    add(&mut b.x, &b.projected);
+                },
+            );
         }
         b.x.split_off((t - 1) * h.hidden)
     }
@@ -607,65 +619,42 @@ fn vector(t: &QTensor) -> candle_core::Result<Vec<f32>> {
 }
 
 /// The matrices `parts` (same columns) stacked by rows into one kernel
-/// matrix. Parts in a type the kernels read keep their values; the rest go
-/// through f32 (kept as f32 when every part is f32, else re-rounded to 8 bits).
+/// matrix, each part in the file's own type (a segment of its own where the
+/// types differ). The types no weight is stored in (Q8_1, Q8_K) go through f32.
 fn matrix(parts: &[&QTensor]) -> candle_core::Result<Matrix> {
-    let first = parts[0].dtype();
-    let cols = parts[0].shape().dims2()?.1;
-    let rows: usize = parts
-        .iter()
-        .map(|p| p.shape().dims2().map(|(r, _)| r))
-        .sum::<candle_core::Result<usize>>()?;
-    let same_type = parts.iter().all(|p| p.dtype() == first);
-    let direct = match first {
-        GgmlDType::Q4_1 => Some(GgufBlocks::Q4_1),
-        GgmlDType::Q4_0 => Some(GgufBlocks::Q4_0),
-        GgmlDType::Q8_0 => Some(GgufBlocks::Q8_0),
-        _ => None,
-    };
-    let direct = match (direct, same_type) {
-        (Some(kind), true) => {
-            let mut bytes = Vec::new();
-            for part in parts {
-                bytes.extend_from_slice(&part.data()?);
-            }
-            Some(Matrix::from_gguf(kind, &bytes, rows, cols))
-        }
-        _ => None,
-    };
     let quant_err = |e: QuantError| candle_core::Error::Msg(e.to_string());
-    match direct {
-        Some(Err(QuantError::ScaleRange)) | None => widened(parts),
-        Some(built) => built.map_err(quant_err),
-    }
-}
-
-/// `parts` stacked by rows through f32, [`WIDEN_ROWS`] rows at a time: kept
-/// as f32 when every part is f32, else rounded to 8-bit blocks.
-fn widened(parts: &[&QTensor]) -> candle_core::Result<Matrix> {
-    let quant_err = |e: QuantError| candle_core::Error::Msg(e.to_string());
-    let all_f32 = parts.iter().all(|p| p.dtype() == GgmlDType::F32);
     let mut built: Option<Matrix> = None;
     for part in parts {
         let (rows, cols) = part.shape().dims2()?;
-        let dtype = part.dtype();
-        let row_bytes = cols / dtype.block_size() * dtype.type_size();
-        let raw = part.data()?;
-        for start in (0..rows).step_by(WIDEN_ROWS) {
-            let n = WIDEN_ROWS.min(rows - start);
-            let bytes = &raw[start * row_bytes..][..n * row_bytes];
-            let chunk = qtensor_from_ggml(dtype, bytes, vec![n, cols], &Device::Cpu)?;
-            let values = chunk.dequantize(&Device::Cpu)?.flatten_all()?.to_vec1()?;
-            let piece = match all_f32 {
-                true => Matrix::from_f32(values, n, cols),
-                false => Matrix::quantize_eight(&values, n, cols),
-            }
-            .map_err(quant_err)?;
-            match &mut built {
-                Some(matrix) => matrix.append_rows(piece).map_err(quant_err)?,
-                None => built = Some(piece),
-            }
+        let piece = match gguf_type(part.dtype()) {
+            Some(kind) => Matrix::from_gguf(kind, &part.data()?, rows, cols),
+            None => Matrix::from_f32(vector(part)?, rows, cols),
+        }
+        .map_err(quant_err)?;
+        match &mut built {
+            Some(matrix) => matrix.append_rows(piece).map_err(quant_err)?,
+            None => built = Some(piece),
         }
     }
-    built.ok_or_else(|| candle_core::Error::Msg("a matrix of no rows".into()))
+    built.ok_or_else(|| candle_core::Error::Msg("a matrix of no parts".into()))
+}
+
+/// The kernels' name for a GGUF tensor type, if they read it.
+fn gguf_type(dtype: GgmlDType) -> Option<GgufType> {
+    Some(match dtype {
+        GgmlDType::F32 => GgufType::F32,
+        GgmlDType::F16 => GgufType::F16,
+        GgmlDType::BF16 => GgufType::BF16,
+        GgmlDType::Q4_0 => GgufType::Quant(QuantType::Q4_0),
+        GgmlDType::Q4_1 => GgufType::Quant(QuantType::Q4_1),
+        GgmlDType::Q5_0 => GgufType::Quant(QuantType::Q5_0),
+        GgmlDType::Q5_1 => GgufType::Quant(QuantType::Q5_1),
+        GgmlDType::Q8_0 => GgufType::Quant(QuantType::Q8_0),
+        GgmlDType::Q2K => GgufType::Quant(QuantType::Q2_K),
+        GgmlDType::Q3K => GgufType::Quant(QuantType::Q3_K),
+        GgmlDType::Q4K => GgufType::Quant(QuantType::Q4_K),
+        GgmlDType::Q5K => GgufType::Quant(QuantType::Q5_K),
+        GgmlDType::Q6K => GgufType::Quant(QuantType::Q6_K),
+        GgmlDType::Q8_1 | GgmlDType::Q8K => return None,
+    })
 }

@@ -1,0 +1,954 @@
+//! Weight matrices and the matrix products the native forward pass runs on
+//! them: the engine's own CPU kernels, chosen at run time for the CPU.
+//!
+//! # Every type at its own width
+//!
+//! A [`Matrix`] keeps each GGUF tensor in the type the file stores: Q4_0,
+//! Q4_1, Q5_0, Q5_1, Q8_0, Q2_K to Q6_K at their own bits (re-laid at load so
+//! one 64-value pair unpacks in a few instructions; see [`layout`]), F32, F16
+//! and BF16 as floats. Stacked tensors of different types (a Q/K/V made of
+//! Q5_0 and Q8_0 parts) are *segments* of one matrix, each in its own type.
+//!
+//! # The product
+//!
+//! Activations are rounded to signed 8 bits per block of 32 (scale
+//! `max |x| / 127`, as ggml's Q8_0 and Q8_1 do). Every quantized weight is
+//! `a * q + b` with `q` unsigned and `a`, `b` shared by a group of 16 values,
+//! so a group's contribution is `a * sx * Σ q·qx + b * sx * Σ qx`: the bulk
+//! is an integer dot product of unsigned weights and signed activations
+//! (`vpdpbusd` with AVX-512 VNNI or AVX-VNNI, `vpmaddubsw` with AVX2), and
+//! `sx * Σ qx` is computed once per group of the activation, not once per row.
+//!
+//! # Tiers
+//!
+//! [`Tier::selected`] detects the CPU once (`is_x86_feature_detected!`) and
+//! takes the best of AVX-512 VNNI, AVX-VNNI, AVX2 and portable Rust;
+//! `TEXTSTREAM_KERNEL=avx2|portable|…` asks for a lower one. A matrix keeps
+//! the tier it was built with.
+//!
+//! # Parallelism
+//!
+//! A product runs on the current rayon pool: a decode step (one token) splits
+//! the rows, a prompt splits the tokens. The engine runs its whole forward
+//! pass inside one pool, so a product costs no thread hand-off.
+//!
+//! # Unsafe code
+//!
+//! The one exception to the workspace's `deny(unsafe_code)`: calling the
+//! `#[target_feature]` kernels in the private `x86` module, which happens only
+//! for a [`Tier`] that run-time detection granted ([`Tier::supported`]), so
+//! the call's one requirement holds. Everything else, loads included, is safe
+//! code.
+
+mod layout;
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+pub use layout::{QuantType, QUANT_TYPES};
+use layout::{BLOCK, PAIR};
+
+/// Largest magnitude of a rounded activation (signed 8 bits, symmetric).
+const ACTIVATION_MAX: f32 = 127.0;
+/// Rows one parallel task takes in a single-token product: enough work
+/// (tens of microseconds) that a task outweighs its scheduling.
+const ROWS_PER_TASK: usize = 64;
+/// Rows a kernel call takes at once in a single-token product: their loads
+/// overlap, and they share the activation's.
+const ROWS_AT_ONCE: usize = 4;
+/// Rows a prompt kernel call takes at once (times [`TOKENS_PER_TASK`]
+/// accumulators: 8 of AVX-512's 32 registers).
+const PROMPT_ROWS_AT_ONCE: usize = 2;
+/// Tokens one parallel task takes in a prompt product, all of them against
+/// each unpacked pair of weights.
+const TOKENS_PER_TASK: usize = 4;
+/// The environment variable that asks for a lower kernel tier.
+pub const KERNEL_ENV: &str = "TEXTSTREAM_KERNEL";
+
+/// A family of kernels, each for the instructions some CPUs have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    /// Plain Rust that the compiler vectorizes: any CPU.
+    Portable,
+    /// x86-64 with AVX2, FMA and F16C (2013 on).
+    Avx2,
+    /// AVX2 with the 256-bit VNNI dot product (Alder Lake, Zen 5).
+    AvxVnni,
+    /// AVX-512 with VNNI (Ice Lake, Sapphire Rapids, Zen 4).
+    Avx512Vnni,
+}
+
+/// Every tier, lowest first.
+const TIERS: [Tier; 4] = [Tier::Portable, Tier::Avx2, Tier::AvxVnni, Tier::Avx512Vnni];
+
+impl Tier {
+    /// The name `TEXTSTREAM_KERNEL` takes and reports print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Portable => "portable",
+            Self::Avx2 => "avx2",
+            Self::AvxVnni => "avxvnni",
+            Self::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// Whether this CPU can run the tier's kernels.
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
+            match self {
+                Self::Portable => true,
+                Self::Avx2 => avx2,
+                Self::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
+                Self::Avx512Vnni => {
+                    avx2 && is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vnni")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        matches!(self, Self::Portable)
+    }
+
+    /// The tiers this CPU can run, lowest first.
+    pub fn available() -> Vec<Tier> {
+        TIERS.into_iter().filter(|t| t.supported()).collect()
+    }
+
+    /// The best tier this CPU can run.
+    pub fn detected() -> Tier {
+        TIERS
+            .into_iter()
+            .rev()
+            .find(|t| t.supported())
+            .unwrap_or(Tier::Portable)
+    }
+
+    /// The tier matrices are built with: the detected one, or the one
+    /// `TEXTSTREAM_KERNEL` names when this CPU can run it. Decided once.
+    pub fn selected() -> Result<Tier, QuantError> {
+        static SELECTED: OnceLock<Result<Tier, QuantError>> = OnceLock::new();
+        SELECTED
+            .get_or_init(|| Self::from_request(std::env::var(KERNEL_ENV).ok().as_deref()))
+            .clone()
+    }
+
+    /// The tier for a `TEXTSTREAM_KERNEL` value (`None` or empty: detected).
+    fn from_request(request: Option<&str>) -> Result<Tier, QuantError> {
+        let request = match request.map(str::trim) {
+            None | Some("") => return Ok(Self::detected()),
+            Some(name) => name,
+        };
+        let names = || {
+            TIERS
+                .iter()
+                .map(|t| t.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let tier = TIERS
+            .into_iter()
+            .find(|t| t.name().eq_ignore_ascii_case(request))
+            .ok_or_else(|| {
+                QuantError::Kernel(format!("unknown kernel {request:?} (one of {})", names()))
+            })?;
+        match tier.supported() {
+            true => Ok(tier),
+            false => Err(QuantError::Kernel(format!(
+                "this CPU cannot run the {} kernels (it can run: {})",
+                tier.name(),
+                Self::available()
+                    .iter()
+                    .map(|t| t.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+}
+
+/// A GGUF tensor type the matrices take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GgufType {
+    /// 32-bit floats.
+    F32,
+    /// IEEE half floats.
+    F16,
+    /// bfloat16.
+    BF16,
+    /// A block-quantized type.
+    Quant(QuantType),
+}
+
+impl GgufType {
+    /// Values per block (a row is whole blocks).
+    fn block(self) -> usize {
+        match self {
+            Self::Quant(q) => q.layout().block,
+            _ => 1,
+        }
+    }
+
+    /// Bytes per block.
+    fn block_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+            Self::Quant(q) => q.layout().file_block_bytes,
+        }
+    }
+}
+
+/// Why a matrix could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QuantError {
+    /// The byte or value count does not match the shape.
+    #[error("{got} {what} for a {rows} x {cols} matrix, expected {expected}")]
+    Size {
+        /// What was counted: "bytes" or "values".
+        what: &'static str,
+        /// The count given.
+        got: usize,
+        /// The count the shape needs.
+        expected: usize,
+        /// Rows of the matrix.
+        rows: usize,
+        /// Columns of the matrix.
+        cols: usize,
+    },
+    /// Rows must be whole blocks.
+    #[error("rows of {cols} values are not whole blocks of {block}")]
+    PartialBlock {
+        /// Values per row.
+        cols: usize,
+        /// Values per block of the type.
+        block: usize,
+    },
+    /// Rows appended to a matrix of another width.
+    #[error("rows of another width cannot be appended")]
+    Mismatch,
+    /// `TEXTSTREAM_KERNEL` names no tier this CPU runs.
+    #[error("{KERNEL_ENV}: {0}")]
+    Kernel(String),
+}
+
+/// A matrix of `rows x cols` values: one or more segments of rows, each in
+/// its own type.
+#[derive(Debug, Clone)]
+pub struct Matrix {
+    rows: usize,
+    cols: usize,
+    tier: Tier,
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug, Clone)]
+struct Segment {
+    rows: usize,
+    data: Data,
+}
+
+#[derive(Debug, Clone)]
+enum Data {
+    /// Rows of [`layout`] super-blocks, `row_bytes` each.
+    Quant {
+        kind: QuantType,
+        row_bytes: usize,
+        bytes: Vec<u8>,
+    },
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    BF16(Vec<bf16>),
+}
+
+impl Matrix {
+    /// Rows (outputs of a product).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns (inputs of a product).
+    #[cfg_attr(not(feature = "test-support"), allow(dead_code))]
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The kernels this matrix's products run on.
+    pub fn tier(&self) -> Tier {
+        self.tier
+    }
+
+    /// Bytes the matrix holds (what a product reads).
+    pub fn bytes(&self) -> usize {
+        self.segments
+            .iter()
+            .map(|s| match &s.data {
+                Data::Quant { bytes, .. } => bytes.len(),
+                Data::F32(v) => v.len() * 4,
+                Data::F16(v) => v.len() * 2,
+                Data::BF16(v) => v.len() * 2,
+            })
+            .sum()
+    }
+
+    /// Keeps f32 values as they are.
+    pub fn from_f32(values: Vec<f32>, rows: usize, cols: usize) -> Result<Self, QuantError> {
+        if values.len() != rows * cols {
+            return Err(size_error("values", values.len(), rows * cols, rows, cols));
+        }
+        Self::single(rows, cols, Data::F32(values))
+    }
+
+    /// Takes a GGUF tensor's bytes (`rows x cols` values of type `kind`)
+    /// without changing any value.
+    pub fn from_gguf(
+        kind: GgufType,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, QuantError> {
+        let block = kind.block();
+        if !cols.is_multiple_of(block) {
+            return Err(QuantError::PartialBlock { cols, block });
+        }
+        let expected = rows * (cols / block) * kind.block_bytes();
+        if bytes.len() != expected {
+            return Err(size_error("bytes", bytes.len(), expected, rows, cols));
+        }
+        let data = match kind {
+            GgufType::F32 => Data::F32(
+                bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect(),
+            ),
+            GgufType::F16 => Data::F16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            GgufType::BF16 => Data::BF16(
+                bytes
+                    .chunks_exact(2)
+                    .map(|b| bf16::from_le_bytes([b[0], b[1]]))
+                    .collect(),
+            ),
+            GgufType::Quant(kind) => {
+                let layout = kind.layout();
+                let row_bytes = cols.div_ceil(layout.super_values()) * layout.super_bytes();
+                Data::Quant {
+                    kind,
+                    row_bytes,
+                    bytes: layout::relayout(kind, bytes, rows, cols),
+                }
+            }
+        };
+        Self::single(rows, cols, data)
+    }
+
+    fn single(rows: usize, cols: usize, data: Data) -> Result<Self, QuantError> {
+        Ok(Self {
+            rows,
+            cols,
+            tier: Tier::selected()?,
+            segments: vec![Segment { rows, data }],
+        })
+    }
+
+    /// The same matrix with its products on `tier` (which this CPU must run).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn with_tier(mut self, tier: Tier) -> Result<Self, QuantError> {
+        match tier.supported() {
+            true => self.tier = tier,
+            false => {
+                return Err(QuantError::Kernel(format!(
+                    "this CPU cannot run {}",
+                    tier.name()
+                )))
+            }
+        }
+        Ok(self)
+    }
+
+    /// Appends `other`'s rows below this matrix's (same columns, any type):
+    /// stacked tensors become one matrix, and a large matrix can be built a
+    /// few rows at a time.
+    pub fn append_rows(&mut self, other: Matrix) -> Result<(), QuantError> {
+        if other.cols != self.cols {
+            return Err(QuantError::Mismatch);
+        }
+        self.rows += other.rows;
+        for segment in other.segments {
+            match (self.segments.last_mut(), segment.data) {
+                (
+                    Some(Segment {
+                        rows,
+                        data: Data::Quant { kind: a, bytes, .. },
+                    }),
+                    Data::Quant {
+                        kind: b,
+                        bytes: more,
+                        ..
+                    },
+                ) if *a == b => {
+                    *rows += segment.rows;
+                    bytes.extend(more);
+                }
+                (
+                    Some(Segment {
+                        rows,
+                        data: Data::F32(values),
+                    }),
+                    Data::F32(more),
+                ) => {
+                    *rows += segment.rows;
+                    values.extend(more);
+                }
+                (_, data) => self.segments.push(Segment {
+                    rows: segment.rows,
+                    data,
+                }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Row `row` as f32 values into `out` (`cols` long): the embedding lookup.
+    pub fn dequantize_row(&self, mut row: usize, out: &mut [f32]) {
+        let out = &mut out[..self.cols];
+        let cols = self.cols;
+        for segment in &self.segments {
+            if row >= segment.rows {
+                row -= segment.rows;
+                continue;
+            }
+            match &segment.data {
+                Data::F32(v) => out.copy_from_slice(&v[row * cols..][..cols]),
+                Data::F16(v) => {
+                    for (o, v) in out.iter_mut().zip(&v[row * cols..]) {
+                        *o = v.to_f32();
+                    }
+                }
+                Data::BF16(v) => {
+                    for (o, v) in out.iter_mut().zip(&v[row * cols..]) {
+                        *o = v.to_f32();
+                    }
+                }
+                Data::Quant {
+                    kind,
+                    row_bytes,
+                    bytes,
+                } => {
+                    let layout = kind.layout();
+                    let mut chunks = out.chunks_mut(PAIR);
+                    layout::for_each_pair(
+                        &layout,
+                        &bytes[row * row_bytes..][..*row_bytes],
+                        |v, a, b| {
+                            if let Some(out) = chunks.next() {
+                                for (k, o) in out.iter_mut().enumerate() {
+                                    *o = a[k / 16] * v[k] as f32 + b[k / 16];
+                                }
+                            }
+                        },
+                    );
+                }
+            }
+            return;
+        }
+        panic!("row {row} past the matrix");
+    }
+
+    /// `out[t][r] = Σ_c x[t][c] * self[r][c]` for the `x.len() / cols` tokens
+    /// of `x`, on the current rayon pool. `scratch` holds the rounded
+    /// activations between calls, so a step allocates nothing.
+    ///
+    /// # Panics
+    ///
+    /// If `x` is not whole rows of `cols` or `out` is not as many rows of `rows`.
+    pub fn matmul(&self, x: &[f32], out: &mut [f32], scratch: &mut Activations) {
+        let tokens = x.len() / self.cols;
+        assert_eq!(x.len(), tokens * self.cols, "input is not whole rows");
+        assert_eq!(out.len(), tokens * self.rows, "output is not whole rows");
+        if self
+            .segments
+            .iter()
+            .any(|s| matches!(s.data, Data::Quant { .. }))
+        {
+            scratch.quantize(x, self.cols);
+        }
+        let act = &*scratch;
+        if tokens == 1 {
+            // Split every segment's rows into tasks, over all segments at once.
+            let mut tasks = Vec::new();
+            let mut rest = out;
+            for segment in &self.segments {
+                for first in (0..segment.rows).step_by(ROWS_PER_TASK) {
+                    let n = ROWS_PER_TASK.min(segment.rows - first);
+                    let (task, tail) = rest.split_at_mut(n);
+                    tasks.push((segment, first, task));
+                    rest = tail;
+                }
+            }
+            tasks.into_par_iter().for_each(|(segment, first, out)| {
+                vectorized(
+                    #[inline(always)]
+                    || segment.rows_dot(self, first, out, x, act),
+                )
+            });
+        } else {
+            out.par_chunks_mut(self.rows * TOKENS_PER_TASK)
+                .enumerate()
+                .for_each(|(task, out)| {
+                    let first = task * TOKENS_PER_TASK;
+                    let mut row = 0;
+                    for segment in &self.segments {
+                        vectorized(
+                            #[inline(always)]
+                            || segment.tokens_dot(self, row, out, first, x, act),
+                        );
+                        row += segment.rows;
+                    }
+                });
+        }
+    }
+}
+
+/// Runs `f` compiled for the vector instructions of the selected tier: the
+/// f32 work around the products (attention, norms, rounding activations),
+/// which the build itself targets at baseline x86-64. `f` and the
+/// `#[inline(always)]` functions it calls are inlined into a function with
+/// those features; calls that are not inlined run at baseline.
+#[inline(always)]
+pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: `Tier::selected` grants only tiers `Tier::supported` found on
+    // this CPU, and each wrapper enables a subset of its tier's features.
+    match Tier::selected().unwrap_or(Tier::Portable) {
+        Tier::Avx512Vnni => return unsafe { x86::with_avx512(f) },
+        Tier::Avx2 | Tier::AvxVnni => return unsafe { x86::with_avx2(f) },
+        Tier::Portable => {}
+    }
+    f()
+}
+
+fn size_error(
+    what: &'static str,
+    got: usize,
+    expected: usize,
+    rows: usize,
+    cols: usize,
+) -> QuantError {
+    QuantError::Size {
+        what,
+        got,
+        expected,
+        rows,
+        cols,
+    }
+}
+
+/// Random valid file bytes for `rows x cols` values of `kind` (whole
+/// blocks): any integers, and scales of the size real weights have (Q4_1's
+/// and Q5_1's minimums negative). For tests and benchmarks.
+#[cfg(any(test, feature = "test-support"))]
+pub fn sample_bytes(kind: QuantType, rows: usize, cols: usize, seed: u32) -> Vec<u8> {
+    let layout = kind.layout();
+    // Byte offsets of the f16 scales in one block.
+    let f16_fields: &[usize] = match kind {
+        QuantType::Q4_1 | QuantType::Q5_1 | QuantType::Q4_K | QuantType::Q5_K => &[0, 2],
+        QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => &[0],
+        QuantType::Q2_K => &[80, 82],
+        QuantType::Q3_K => &[108],
+        QuantType::Q6_K => &[208],
+    };
+    let blocks = rows * cols / layout.block;
+    let mut out = Vec::with_capacity(blocks * layout.file_block_bytes);
+    let mut state = seed.max(1);
+    for _ in 0..blocks {
+        let start = out.len();
+        for _ in 0..layout.file_block_bytes {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            out.push(state as u8);
+        }
+        for (i, &at) in f16_fields.iter().enumerate() {
+            let byte = out[start + at] as f32;
+            let value = match (i, kind) {
+                (1, QuantType::Q4_1 | QuantType::Q5_1) => -0.1 + byte / 3000.0,
+                _ => 0.0005 + byte / 20000.0,
+            };
+            out[start + at..start + at + 2].copy_from_slice(&f16::from_f32(value).to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Runs `$call` with the const parameter `F` set to `$kind`'s index.
+macro_rules! with_type {
+    ($kind:expr, $f:ident :: <F $(, $rest:tt)*> ($($args:expr),*)) => {
+        match $kind {
+            QuantType::Q4_0 => $f::<{ QuantType::Q4_0.index() } $(, $rest)*>($($args),*),
+            QuantType::Q4_1 => $f::<{ QuantType::Q4_1.index() } $(, $rest)*>($($args),*),
+            QuantType::Q5_0 => $f::<{ QuantType::Q5_0.index() } $(, $rest)*>($($args),*),
+            QuantType::Q5_1 => $f::<{ QuantType::Q5_1.index() } $(, $rest)*>($($args),*),
+            QuantType::Q8_0 => $f::<{ QuantType::Q8_0.index() } $(, $rest)*>($($args),*),
+            QuantType::Q2_K => $f::<{ QuantType::Q2_K.index() } $(, $rest)*>($($args),*),
+            QuantType::Q3_K => $f::<{ QuantType::Q3_K.index() } $(, $rest)*>($($args),*),
+            QuantType::Q4_K => $f::<{ QuantType::Q4_K.index() } $(, $rest)*>($($args),*),
+            QuantType::Q5_K => $f::<{ QuantType::Q5_K.index() } $(, $rest)*>($($args),*),
+            QuantType::Q6_K => $f::<{ QuantType::Q6_K.index() } $(, $rest)*>($($args),*),
+        }
+    };
+}
+
+/// `R` rows of type `F` against `T` tokens on `tier`'s kernel.
+fn kernel<const F: u8, const R: usize, const T: usize>(
+    tier: Tier,
+    w: &[u8],
+    row_bytes: usize,
+    xs: &[Pairs; T],
+) -> [[f32; T]; R] {
+    #[cfg(target_arch = "x86_64")]
+    #[allow(unsafe_code)]
+    // SAFETY: a matrix's tier is one `Tier::supported` granted on this CPU
+    // (`Tier::selected`, `Matrix::with_tier`), and each kernel needs exactly
+    // the features that tier checks.
+    match tier {
+        Tier::Avx512Vnni => return unsafe { x86::dot_avx512::<F, R, T>(w, row_bytes, xs) },
+        Tier::AvxVnni => return unsafe { x86::dot_avxvnni::<F, R, T>(w, row_bytes, xs) },
+        Tier::Avx2 => return unsafe { x86::dot_avx2::<F, R, T>(w, row_bytes, xs) },
+        Tier::Portable => {}
+    }
+    let _ = tier;
+    portable::dot::<F, R, T>(w, row_bytes, xs)
+}
+
+impl Segment {
+    /// Rows `first..first + out.len()` of this segment against the one token.
+    fn rows_dot(&self, m: &Matrix, first: usize, out: &mut [f32], x: &[f32], act: &Activations) {
+        let cols = m.cols;
+        match &self.data {
+            Data::Quant {
+                kind,
+                row_bytes,
+                bytes,
+            } => {
+                let w = &bytes[first * row_bytes..][..out.len() * row_bytes];
+                let xs = [act.token(0)];
+                with_type!(*kind, quant_rows::<F>(m.tier, w, *row_bytes, out, &xs));
+            }
+            Data::F32(v) => float_rows(&v[first * cols..], cols, out, x, |v| *v),
+            Data::F16(v) => float_rows(&v[first * cols..], cols, out, x, |v| v.to_f32()),
+            Data::BF16(v) => float_rows(&v[first * cols..], cols, out, x, |v| v.to_f32()),
+        }
+    }
+
+    /// This segment's rows (from matrix row `row`) against the tokens of
+    /// `out` (`[token][row]`, from token `first`).
+    fn tokens_dot(
+        &self,
+        m: &Matrix,
+        row: usize,
+        out: &mut [f32],
+        first: usize,
+        x: &[f32],
+        act: &Activations,
+    ) {
+        let (rows, cols) = (m.rows, m.cols);
+        let tokens = out.len() / rows;
+        match &self.data {
+            Data::Quant {
+                kind,
+                row_bytes,
+                bytes,
+            } => {
+                if tokens == TOKENS_PER_TASK {
+                    let xs: [Pairs; TOKENS_PER_TASK] =
+                        std::array::from_fn(|t| act.token(first + t));
+                    with_type!(
+                        *kind,
+                        quant_prompt::<F>(
+                            m.tier,
+                            bytes,
+                            *row_bytes,
+                            self.rows,
+                            &xs,
+                            &mut |r, dots: [f32; TOKENS_PER_TASK]| {
+                                for (t, dot) in dots.into_iter().enumerate() {
+                                    out[t * rows + row + r] = dot;
+                                }
+                            }
+                        )
+                    );
+                } else {
+                    for t in 0..tokens {
+                        let xs = [act.token(first + t)];
+                        let out = &mut out[t * rows + row..][..self.rows];
+                        with_type!(*kind, quant_rows::<F>(m.tier, bytes, *row_bytes, out, &xs));
+                    }
+                }
+            }
+            data => {
+                for t in 0..tokens {
+                    let x = &x[(first + t) * cols..][..cols];
+                    let out = &mut out[t * rows + row..][..self.rows];
+                    match data {
+                        Data::F32(v) => float_rows(v, cols, out, x, |v| *v),
+                        Data::F16(v) => float_rows(v, cols, out, x, |v| v.to_f32()),
+                        Data::BF16(v) => float_rows(v, cols, out, x, |v| v.to_f32()),
+                        Data::Quant { .. } => unreachable!("matched above"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The first `out.len()` rows of `w` against one token, [`ROWS_AT_ONCE`] at a time.
+fn quant_rows<const F: u8>(
+    tier: Tier,
+    w: &[u8],
+    row_bytes: usize,
+    out: &mut [f32],
+    xs: &[Pairs; 1],
+) {
+    let mut chunks = out.chunks_exact_mut(ROWS_AT_ONCE);
+    let mut at = 0;
+    for out in &mut chunks {
+        let dots: [[f32; 1]; ROWS_AT_ONCE] =
+            kernel::<F, ROWS_AT_ONCE, 1>(tier, &w[at..], row_bytes, xs);
+        for (o, d) in out.iter_mut().zip(dots) {
+            *o = d[0];
+        }
+        at += ROWS_AT_ONCE * row_bytes;
+    }
+    for o in chunks.into_remainder() {
+        *o = kernel::<F, 1, 1>(tier, &w[at..], row_bytes, xs)[0][0];
+        at += row_bytes;
+    }
+}
+
+/// Every one of `rows` rows of `w` against [`TOKENS_PER_TASK`] tokens, each
+/// pair of weights unpacked once for all of them; `write(row, dots)`.
+fn quant_prompt<const F: u8>(
+    tier: Tier,
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    xs: &[Pairs; TOKENS_PER_TASK],
+    write: &mut dyn FnMut(usize, [f32; TOKENS_PER_TASK]),
+) {
+    let whole = rows - rows % PROMPT_ROWS_AT_ONCE;
+    for r in (0..whole).step_by(PROMPT_ROWS_AT_ONCE) {
+        let dots: [_; PROMPT_ROWS_AT_ONCE] = kernel::<F, PROMPT_ROWS_AT_ONCE, TOKENS_PER_TASK>(
+            tier,
+            &w[r * row_bytes..],
+            row_bytes,
+            xs,
+        );
+        for (i, dots) in dots.into_iter().enumerate() {
+            write(r + i, dots);
+        }
+    }
+    for r in whole..rows {
+        let [dots] = kernel::<F, 1, TOKENS_PER_TASK>(tier, &w[r * row_bytes..], row_bytes, xs);
+        write(r, dots);
+    }
+}
+
+/// Rows of float weights (any width, as f32 through `widen`) against one token.
+#[inline(always)]
+fn float_rows<W: Copy>(
+    w: &[W],
+    cols: usize,
+    out: &mut [f32],
+    x: &[f32],
+    widen: impl Fn(&W) -> f32,
+) {
+    const CHUNK: usize = 256;
+    let mut buffer = [0.0f32; CHUNK];
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(cols)) {
+        *o = row
+            .chunks(CHUNK)
+            .zip(x.chunks(CHUNK))
+            .map(|(w, x)| {
+                let buffer = &mut buffer[..w.len()];
+                for (b, w) in buffer.iter_mut().zip(w) {
+                    *b = widen(w);
+                }
+                dot_f32(buffer, x)
+            })
+            .sum();
+    }
+}
+
+/// One pair of one token's rounded activations, with what the kernels need
+/// precomputed: one cache-friendly record per pair.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+pub(crate) struct XPair {
+    /// 64 values as `i8` bits.
+    q: [u8; PAIR],
+    /// The first block's scale in lanes 0-7 and the second's in 8-15: the
+    /// lanes the integer products come out in.
+    scales: [f32; 16],
+    /// `sx * Σ qx` for each group of 16, exact.
+    exact: [f32; 4],
+    /// Each block's `sx * Σ qx` rounded to f16 as ggml's Q8_1 stores it,
+    /// halved into its two groups (what Q4_1's and Q5_1's `m` multiply in
+    /// ggml and candle).
+    rounded: [f32; 4],
+}
+
+const EMPTY_PAIR: XPair = XPair {
+    q: [0; PAIR],
+    scales: [0.0; 16],
+    exact: [0.0; 4],
+    rounded: [0.0; 4],
+};
+
+impl XPair {
+    /// The group sums a type takes: rounded (Q4_1, Q5_1) or exact.
+    #[inline(always)]
+    fn sums(&self, rounded: bool) -> &[f32; 4] {
+        match rounded {
+            true => &self.rounded,
+            false => &self.exact,
+        }
+    }
+}
+
+/// One token's rounded activations, as the kernels read them.
+pub(crate) type Pairs<'a> = &'a [XPair];
+
+/// Activations rounded to signed 8 bits per block, laid out in pairs like
+/// the matrices.
+#[derive(Debug, Default, Clone)]
+pub struct Activations {
+    /// Pairs per token.
+    per_token: usize,
+    pairs: Vec<XPair>,
+}
+
+impl Activations {
+    /// An empty buffer; it grows to the largest input it is given.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Token `t`'s pairs.
+    fn token(&self, t: usize) -> Pairs<'_> {
+        &self.pairs[t * self.per_token..][..self.per_token]
+    }
+
+    /// Rounds `x` (tokens of `cols` values) into this buffer.
+    fn quantize(&mut self, x: &[f32], cols: usize) {
+        self.per_token = cols.div_ceil(PAIR);
+        self.pairs
+            .resize(x.len() / cols * self.per_token, EMPTY_PAIR);
+        // One token is too little to split; a prompt splits by tokens.
+        self.pairs
+            .par_chunks_mut(self.per_token)
+            .zip(x.par_chunks_exact(cols))
+            .with_min_len(TOKENS_PER_TASK)
+            .for_each(|(pairs, x)| {
+                vectorized(
+                    #[inline(always)]
+                    || quantize_token(x, pairs),
+                )
+            });
+    }
+}
+
+/// Rounds one token's values into its pairs.
+#[inline(always)]
+fn quantize_token(x: &[f32], pairs: &mut [XPair]) {
+    for (p, pair) in pairs.iter_mut().enumerate() {
+        for half in 0..2 {
+            let start = p * PAIR + half * BLOCK;
+            let lanes = &mut pair.q[half * BLOCK..][..BLOCK];
+            let block = match x.get(start..start + BLOCK) {
+                Some(block) => quantize_block(block, lanes),
+                None => {
+                    lanes.fill(0);
+                    RoundedBlock::default()
+                }
+            };
+            pair.scales[half * 8..][..8].fill(block.scale);
+            pair.exact[2 * half..][..2].copy_from_slice(&block.exact_sums);
+            pair.rounded[2 * half..][..2].fill(block.rounded_sum / 2.0);
+        }
+    }
+}
+
+/// What rounding one block of activations gives besides its lanes.
+#[derive(Debug, Default, Clone, Copy)]
+struct RoundedBlock {
+    /// The scale, rounded to f16 as ggml stores it.
+    scale: f32,
+    /// `scale * Σ q` for each half of the block, exact (an f16 times at most
+    /// 11 bits): what offsets `b = -z a` multiply, so they cancel as in ggml's
+    /// integer `q - z`.
+    exact_sums: [f32; 2],
+    /// `scale * Σ q` over the block, rounded to f16 as ggml's Q8_1 stores it.
+    rounded_sum: f32,
+}
+
+/// Rounds one block to `i8` lanes exactly as ggml's Q8_0 and Q8_1 do (the
+/// lanes from the f32 scale, the stored scale rounded to f16), so that the
+/// products match ggml's and candle's but for the order of the additions.
+#[inline(always)]
+fn quantize_block(block: &[f32], lanes: &mut [u8]) -> RoundedBlock {
+    let max = block.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let scale = max / ACTIVATION_MAX;
+    let inverse = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sums = [0i32; 2];
+    for (k, (lane, &x)) in lanes.iter_mut().zip(block).enumerate() {
+        let q = (x * inverse).round() as i8;
+        sums[k / 16] += q as i32;
+        *lane = q as u8;
+    }
+    let scale = f16::from_f32(scale).to_f32();
+    RoundedBlock {
+        scale,
+        exact_sums: sums.map(|s| scale * s as f32),
+        rounded_sum: (f16::from_f32((sums[0] + sums[1]) as f32) * f16::from_f32(scale)).to_f32(),
+    }
+}
+
+/// A dot product of f32 slices, in 16 lanes (so it vectorizes).
+#[inline(always)]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for i in 0..LANES {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests;

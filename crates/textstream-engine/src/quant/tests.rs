@@ -1,0 +1,332 @@
+//! The kernels against the file's own values: every type's re-layout against
+//! candle's dequantization, and every type's products on every tier this CPU
+//! runs against exact products of the dequantized values.
+
+use candle_core::quantized::{ggml_file::qtensor_from_ggml, GgmlDType};
+use candle_core::Device;
+use proptest::prelude::*;
+
+use super::*;
+
+fn ggml(kind: QuantType) -> GgmlDType {
+    match kind {
+        QuantType::Q4_0 => GgmlDType::Q4_0,
+        QuantType::Q4_1 => GgmlDType::Q4_1,
+        QuantType::Q5_0 => GgmlDType::Q5_0,
+        QuantType::Q5_1 => GgmlDType::Q5_1,
+        QuantType::Q8_0 => GgmlDType::Q8_0,
+        QuantType::Q2_K => GgmlDType::Q2K,
+        QuantType::Q3_K => GgmlDType::Q3K,
+        QuantType::Q4_K => GgmlDType::Q4K,
+        QuantType::Q5_K => GgmlDType::Q5K,
+        QuantType::Q6_K => GgmlDType::Q6K,
+    }
+}
+
+fn file_bytes(kind: QuantType, rows: usize, cols: usize, seed: &[u8]) -> Vec<u8> {
+    let seed = seed
+        .iter()
+        .fold(0x9E37_79B9u32, |s, &b| s.rotate_left(5) ^ b as u32);
+    sample_bytes(kind, rows, cols, seed)
+}
+
+/// candle's f32 values for the file bytes.
+fn candle_values(kind: QuantType, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
+    let tensor = qtensor_from_ggml(ggml(kind), bytes, vec![rows, cols], &Device::Cpu)
+        .expect("candle tensor");
+    tensor
+        .dequantize(&Device::Cpu)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1())
+        .expect("dequantize")
+}
+
+/// Columns that are whole blocks of `kind`: `blocks` of them (legacy types
+/// also get an odd count, which leaves a half-empty last pair).
+fn cols_for(kind: QuantType, blocks: usize) -> usize {
+    kind.layout().block * blocks
+}
+
+fn all_rows(m: &Matrix) -> Vec<f32> {
+    let mut out = vec![0.0; m.rows * m.cols];
+    for (r, row) in out.chunks_exact_mut(m.cols).enumerate() {
+        m.dequantize_row(r, row);
+    }
+    out
+}
+
+/// The f32 product of the matrix's own values with `x`.
+fn exact(m: &Matrix, x: &[f32]) -> Vec<f32> {
+    let tokens = x.len() / m.cols;
+    let values = all_rows(m);
+    let mut out = vec![0.0; tokens * m.rows];
+    for (r, row) in values.chunks_exact(m.cols).enumerate() {
+        for t in 0..tokens {
+            out[t * m.rows + r] = row
+                .iter()
+                .zip(&x[t * m.cols..][..m.cols])
+                .map(|(a, b)| *a as f64 * *b as f64)
+                .sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
+/// Products must match the exact ones to within the activations' rounding:
+/// each value moves by at most half a step (`max|x| / 254` per block) plus
+/// what rounding the block's scale to f16 adds (2^-11 of 127 steps).
+fn assert_close(m: &Matrix, x: &[f32]) -> Result<(), TestCaseError> {
+    let mut out = vec![0.0; x.len() / m.cols * m.rows];
+    m.matmul(x, &mut out, &mut Activations::new());
+    let want = exact(m, x);
+    let values = all_rows(m);
+    for (i, (got, want)) in out.iter().zip(&want).enumerate() {
+        let (t, r) = (i / m.rows, i % m.rows);
+        let row = &values[r * m.cols..][..m.cols];
+        let x = &x[t * m.cols..][..m.cols];
+        let bound: f32 = x
+            .chunks(BLOCK)
+            .zip(row.chunks(BLOCK))
+            .map(|(x, w)| {
+                let step = x.iter().fold(0.0f32, |a, v| a.max(v.abs())) / 127.0 * 0.57;
+                step * w.iter().map(|v| v.abs()).sum::<f32>()
+            })
+            .sum();
+        prop_assert!(
+            (got - want).abs() <= bound * 1.01 + 1e-4 * (1.0 + want.abs()),
+            "{:?} on {:?}, token {t} row {r}: {got} vs {want} (bound {bound})",
+            m.segments.iter().map(|s| s.rows).collect::<Vec<_>>(),
+            m.tier
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn every_type_keeps_the_files_values() {
+    let seed: Vec<u8> = (0..=255).collect();
+    for kind in QUANT_TYPES {
+        for blocks in [1, 3] {
+            let (rows, cols) = (3, cols_for(kind, blocks));
+            let bytes = file_bytes(kind, rows, cols, &seed);
+            let m = Matrix::from_gguf(GgufType::Quant(kind), &bytes, rows, cols).expect("matrix");
+            let want = candle_values(kind, &bytes, rows, cols);
+            let got = all_rows(&m);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                // `a q + b` against candle's `a (q - z)` or `d sc q - m`: one
+                // rounding of f32 apart at most.
+                let tolerance = 4.0 * f32::EPSILON * (w.abs() + 1.0);
+                assert!(
+                    (g - w).abs() <= tolerance,
+                    "{kind:?} value {i}: {g} vs candle's {w}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn stored_bytes_stay_near_the_files() {
+    for kind in QUANT_TYPES {
+        let layout = kind.layout();
+        let cols = 4 * layout.block.max(PAIR);
+        let file = cols / layout.block * layout.file_block_bytes;
+        let m = Matrix::from_gguf(GgufType::Quant(kind), &vec![0; file], 1, cols).expect("matrix");
+        // At most 6 % more (Q3_K: 116 bytes per 110), never widened.
+        assert!(
+            m.bytes() * 100 <= file * 106,
+            "{kind:?}: {} bytes for {file} in the file",
+            m.bytes()
+        );
+    }
+}
+
+#[test]
+fn float_types_are_read_as_they_are() {
+    let values = [1.5f32, -2.25, 0.0, 3.0e-3];
+    let mut x = vec![0.0f32; 32];
+    x[..4].copy_from_slice(&values);
+    let f32_bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let f16_bytes: Vec<u8> = x
+        .iter()
+        .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+        .collect();
+    let bf16_bytes: Vec<u8> = x
+        .iter()
+        .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+        .collect();
+    for (kind, bytes) in [
+        (GgufType::F32, f32_bytes),
+        (GgufType::F16, f16_bytes),
+        (GgufType::BF16, bf16_bytes),
+    ] {
+        let m = Matrix::from_gguf(kind, &bytes, 1, 32).expect("matrix");
+        let mut row = vec![0.0; 32];
+        m.dequantize_row(0, &mut row);
+        let want: Vec<f32> = match kind {
+            GgufType::F16 => x.iter().map(|v| f16::from_f32(*v).to_f32()).collect(),
+            GgufType::BF16 => x.iter().map(|v| bf16::from_f32(*v).to_f32()).collect(),
+            _ => x.clone(),
+        };
+        assert_eq!(row, want, "{kind:?}");
+        let mut out = [0.0];
+        m.matmul(&x, &mut out, &mut Activations::new());
+        assert_eq!(
+            out[0],
+            want.iter().zip(&x).map(|(a, b)| a * b).sum::<f32>(),
+            "{kind:?}"
+        );
+    }
+}
+
+#[test]
+fn wrong_sizes_are_errors() {
+    let q8 = GgufType::Quant(QuantType::Q8_0);
+    assert!(matches!(
+        Matrix::from_gguf(q8, &[0; 33], 1, 32),
+        Err(QuantError::Size { .. })
+    ));
+    assert_eq!(
+        Matrix::from_gguf(GgufType::Quant(QuantType::Q4_K), &[0; 144], 1, 128).unwrap_err(),
+        QuantError::PartialBlock {
+            cols: 128,
+            block: 256
+        }
+    );
+    assert!(matches!(
+        Matrix::from_f32(vec![0.0; 20], 2, 20),
+        Err(QuantError::Size { .. })
+    ));
+}
+
+#[test]
+fn kernel_requests_name_what_this_cpu_runs() {
+    assert_eq!(Tier::from_request(None), Ok(Tier::detected()));
+    assert_eq!(Tier::from_request(Some("PORTABLE")), Ok(Tier::Portable));
+    let Err(QuantError::Kernel(message)) = Tier::from_request(Some("sse9")) else {
+        panic!("an unknown kernel is refused");
+    };
+    assert!(
+        message.contains("avx2") && message.contains("portable"),
+        "{message}"
+    );
+    for tier in TIERS {
+        match tier.supported() {
+            true => assert_eq!(Tier::from_request(Some(tier.name())), Ok(tier)),
+            false => assert!(matches!(
+                Tier::from_request(Some(tier.name())),
+                Err(QuantError::Kernel(_))
+            )),
+        }
+    }
+    let m = Matrix::from_f32(vec![0.0; 32], 1, 32).expect("matrix");
+    for tier in TIERS.into_iter().filter(|t| !t.supported()) {
+        assert!(
+            m.clone().with_tier(tier).is_err(),
+            "{tier:?} is refused where the CPU lacks it"
+        );
+    }
+}
+
+#[test]
+fn stacked_parts_of_different_types_are_one_matrix() {
+    let seed: Vec<u8> = (7..200).collect();
+    let cols = 256;
+    let parts = [
+        (QuantType::Q5_0, 5),
+        (QuantType::Q8_0, 3),
+        (QuantType::Q5_0, 2),
+        (QuantType::Q6_K, 4),
+    ];
+    let mut stacked: Option<Matrix> = None;
+    let mut singles = Vec::new();
+    for (kind, rows) in parts {
+        let bytes = file_bytes(kind, rows, cols, &seed);
+        let m = Matrix::from_gguf(GgufType::Quant(kind), &bytes, rows, cols).expect("part");
+        singles.push(m.clone());
+        match &mut stacked {
+            Some(s) => s.append_rows(m).expect("append"),
+            None => stacked = Some(m),
+        }
+    }
+    let stacked = stacked.expect("parts");
+    assert_eq!(stacked.rows(), 14);
+    assert_eq!(stacked.segments.len(), 4, "a type change starts a segment");
+    for tokens in [1, 5] {
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|i| ((i * 31 % 97) as f32 - 48.0) / 20.0)
+            .collect();
+        let mut whole = vec![0.0; tokens * 14];
+        stacked.matmul(&x, &mut whole, &mut Activations::new());
+        let mut row = 0;
+        for m in &singles {
+            let mut part = vec![0.0; tokens * m.rows()];
+            m.matmul(&x, &mut part, &mut Activations::new());
+            for t in 0..tokens {
+                assert_eq!(
+                    part[t * m.rows()..][..m.rows()],
+                    whole[t * 14 + row..][..m.rows()]
+                );
+            }
+            row += m.rows();
+        }
+    }
+    let narrow = Matrix::from_f32(vec![0.0; 32], 1, 32).expect("narrow");
+    assert_eq!(
+        stacked.clone().append_rows(narrow),
+        Err(QuantError::Mismatch)
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every type, on every tier this CPU runs, for 1 to 9 tokens (the decode
+    /// path, the prompt path and its remainders), against exact products.
+    #[test]
+    fn products_match_the_exact_ones(
+        type_index in 0usize..QUANT_TYPES.len(),
+        rows in 1usize..12,
+        blocks in 1usize..4,
+        tokens in 1usize..10,
+        seed in proptest::collection::vec(any::<u8>(), 8..64),
+        x in proptest::collection::vec(-4.0f32..4.0, 9 * 3 * 256),
+    ) {
+        let kind = QUANT_TYPES[type_index];
+        let cols = cols_for(kind, blocks);
+        let bytes = file_bytes(kind, rows, cols, &seed);
+        let m = Matrix::from_gguf(GgufType::Quant(kind), &bytes, rows, cols).expect("matrix");
+        for tier in Tier::available() {
+            assert_close(&m.clone().with_tier(tier).expect("tier"), &x[..tokens * cols])?;
+        }
+    }
+
+    /// The SIMD tiers compute the portable kernel's sums (up to the order of
+    /// f32 additions), for each type.
+    #[test]
+    fn tiers_agree_with_the_portable_kernel(
+        type_index in 0usize..QUANT_TYPES.len(),
+        blocks in 1usize..5,
+        tokens in 1usize..6,
+        seed in proptest::collection::vec(any::<u8>(), 8..64),
+        x in proptest::collection::vec(-4.0f32..4.0, 5 * 4 * 256),
+    ) {
+        let kind = QUANT_TYPES[type_index];
+        let (rows, cols) = (7, cols_for(kind, blocks));
+        let bytes = file_bytes(kind, rows, cols, &seed);
+        let m = Matrix::from_gguf(GgufType::Quant(kind), &bytes, rows, cols).expect("matrix");
+        let x = &x[..tokens * cols];
+        let run = |tier: Tier| {
+            let mut out = vec![0.0; tokens * rows];
+            m.clone().with_tier(tier).expect("tier").matmul(x, &mut out, &mut Activations::new());
+            out
+        };
+        let reference = run(Tier::Portable);
+        let scale = reference.iter().fold(1.0f32, |a, v| a.max(v.abs()));
+        for tier in Tier::available() {
+            for (i, (a, b)) in run(tier).iter().zip(&reference).enumerate() {
+                prop_assert!((a - b).abs() <= 1e-5 * scale, "{:?} {:?} output {}: {} vs portable {}", kind, tier, i, a, b);
+            }
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The x86-64 kernels: AVX-512 VNNI (64 values per `vpdpbusd`), AVX-VNNI
+//! (the same instruction on 32), and AVX2 (`vpmaddubsw` + `vpmaddwd`). Each
+//! is one generic function over the type (`F`), the rows (`R`) and the
+//! tokens (`T`) it takes at once; the type's planes and scales are read by
+//! the helpers below, shared by every tier.
+//!
+//! Every function here has `#[target_feature]`; the caller in `quant` calls
+//! one only for a [`super::Tier`] that run-time detection granted.
+
+use std::arch::x86_64::*;
+
+use super::layout::{QuantType, Scales, PAIR};
+use super::Pairs;
+
+/// How far ahead the AVX-512 kernel prefetches weights, in calls' worth of
+/// rows (2: measured best of 1, 2 and 4 by `benches/kernels.rs`).
+const PREFETCH_GROUPS: usize = 2;
+
+/// `N` bytes of `s` from `at` (a bounds-checked, unaligned load).
+#[inline(always)]
+fn load<const N: usize>(s: &[u8], at: usize) -> [u8; N] {
+    s[at..at + N].try_into().unwrap_or([0; N])
+}
+
+/// A super-block header as `[d, d, -dmin, -dmin]`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn header<const F: u8>(s: &[u8]) -> __m128 {
+    let layout = const { QuantType::at(F).layout() };
+    if layout.header == 0 {
+        return _mm_setzero_ps();
+    }
+    let both = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes(load(s, 0))));
+    let spread = _mm_shuffle_ps::<0b01_01_00_00>(both, both);
+    _mm_mul_ps(spread, _mm_setr_ps(1.0, 1.0, -1.0, -1.0))
+}
+
+/// A pair's groups' scales `a` and offsets `b` (see `layout::pair_scales`,
+/// which this computes in the same f32 operations).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn scales<const F: u8>(bytes: &[u8], header: __m128) -> (__m128, __m128) {
+    let layout = const { QuantType::at(F).layout() };
+    let word = |at: usize| _mm_cvtsi32_si128(i32::from_le_bytes(load(bytes, at)));
+    let d = _mm_shuffle_ps::<0>(header, header);
+    let neg_dmin = _mm_shuffle_ps::<0b10_10_10_10>(header, header);
+    match layout.scales {
+        Scales::Legacy { zero } => {
+            let ds = _mm_cvtph_ps(word(0));
+            let a = _mm_shuffle_ps::<0b01_01_00_00>(ds, ds);
+            (a, _mm_mul_ps(a, _mm_set1_ps(-(zero as f32))))
+        }
+        Scales::LegacyMin => {
+            let all = _mm_cvtph_ps(_mm_cvtsi64_si128(i64::from_le_bytes(load(bytes, 0))));
+            let a = _mm_shuffle_ps::<0b01_01_00_00>(all, all);
+            let b = _mm_shuffle_ps::<0b11_11_10_10>(all, all);
+            (a, b)
+        }
+        Scales::Packed => {
+            let ints = _mm_cvtepu8_epi32(word(0));
+            let sc = _mm_cvtepi32_ps(_mm_and_si128(ints, _mm_set1_epi32(0xF)));
+            let m = _mm_cvtepi32_ps(_mm_srli_epi32::<4>(ints));
+            (_mm_mul_ps(d, sc), _mm_mul_ps(neg_dmin, m))
+        }
+        Scales::Signed { zero } => {
+            let a = _mm_mul_ps(d, _mm_cvtepi32_ps(_mm_cvtepi8_epi32(word(0))));
+            (a, _mm_mul_ps(a, _mm_set1_ps(-(zero as f32))))
+        }
+        Scales::Min32 => {
+            let f = _mm_mul_ps(_mm_cvtepi32_ps(_mm_cvtepu8_epi32(word(0))), header);
+            let a = _mm_shuffle_ps::<0b01_01_00_00>(f, f);
+            let b = _mm_shuffle_ps::<0b11_11_10_10>(f, f);
+            (a, b)
+        }
+    }
+}
+
+/// The AVX-512 VNNI kernel.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+pub(super) fn dot_avx512<const F: u8, const R: usize, const T: usize>(
+    w: &[u8],
+    row_bytes: usize,
+    xs: &[Pairs; T],
+) -> [[f32; T]; R] {
+    let layout = const { QuantType::at(F).layout() };
+    let rounded = layout.rounded_sums();
+    let (super_bytes, pair_bytes) = (layout.super_bytes(), layout.pair_bytes());
+    // Lane i of a product covers values 4i..4i+3: group i / 4.
+    let group_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut acc_offsets = [[_mm_setzero_ps(); T]; R];
+    let supers = row_bytes / super_bytes;
+    let ahead = PREFETCH_GROUPS * R * row_bytes;
+    let mut headers = [_mm_setzero_ps(); R];
+    for s in 0..supers {
+        if layout.header > 0 {
+            for (r, slot) in headers.iter_mut().enumerate() {
+                *slot = header::<F>(&w[r * row_bytes + s * super_bytes..]);
+            }
+        }
+        for p in 0..layout.pairs {
+            let i = s * layout.pairs + p;
+            for r in 0..R {
+                let at = r * row_bytes + s * super_bytes + layout.header + p * pair_bytes;
+                let pair = &w[at..at + pair_bytes];
+                _mm_prefetch::<_MM_HINT_T0>(pair.as_ptr().wrapping_add(ahead).cast());
+                let values = unpack_avx512::<F>(pair);
+                let (a, b) = scales::<F>(&pair[layout.planes_bytes()..], headers[r]);
+                let a = _mm512_permutexvar_ps(group_of_lane, _mm512_castps128_ps512(a));
+                for t in 0..T {
+                    let x = &xs[t][i];
+                    let dots =
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), values, bytemuck::cast(x.q));
+                    let scale = _mm512_mul_ps(a, bytemuck::cast(x.scales));
+                    acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[r][t]);
+                    acc_offsets[r][t] =
+                        _mm_fmadd_ps(b, bytemuck::cast(*x.sums(rounded)), acc_offsets[r][t]);
+                }
+            }
+        }
+    }
+    std::array::from_fn(|r| {
+        std::array::from_fn(|t| {
+            let offsets: [f32; 4] = bytemuck::cast(acc_offsets[r][t]);
+            _mm512_reduce_add_ps(acc[r][t]) + offsets.iter().sum::<f32>()
+        })
+    })
+}
+
+/// A pair's 64 values as bytes, with AVX-512.
+#[target_feature(enable = "avx512f,avx512bw,avx2,fma,f16c")]
+#[inline]
+fn unpack_avx512<const F: u8>(pair: &[u8]) -> __m512i {
+    let layout = const { QuantType::at(F).layout() };
+    let mut v = _mm512_setzero_si512();
+    if layout.eight {
+        v = bytemuck::cast(load::<64>(pair, 0));
+    }
+    if layout.four {
+        let both = _mm512_broadcast_i64x4(bytemuck::cast(load::<32>(pair, 0)));
+        // The first 256 bits keep the low nibbles, the second take the high ones.
+        let shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+        v = _mm512_and_si512(_mm512_srlv_epi64(both, shifts), _mm512_set1_epi8(0x0F));
+    }
+    if layout.two {
+        let all = _mm512_broadcast_i32x4(bytemuck::cast(load::<16>(pair, layout.two_at())));
+        let shifts = _mm512_set_epi64(6, 6, 4, 4, 2, 2, 0, 0);
+        let two = _mm512_and_si512(_mm512_srlv_epi64(all, shifts), _mm512_set1_epi8(3));
+        v = _mm512_or_si512(
+            v,
+            _mm512_sll_epi64(two, _mm_cvtsi32_si128(layout.two_shift() as i32)),
+        );
+    }
+    if layout.one {
+        let bits = u64::from_le_bytes(load(pair, layout.one_at()));
+        let bit = _mm512_set1_epi8(1 << layout.one_shift());
+        v = _mm512_or_si512(v, _mm512_maskz_mov_epi8(bits, bit));
+    }
+    v
+}
+
+/// Stamps out a 256-bit kernel: `$name` with `$features`, whose integer dot
+/// product of 32 unsigned weights and 32 signed activations is `$dot`.
+macro_rules! kernel_256 {
+    ($name:ident, $features:literal, $dot:ident) => {
+        #[target_feature(enable = $features)]
+        pub(super) fn $name<const F: u8, const R: usize, const T: usize>(
+            w: &[u8],
+            row_bytes: usize,
+            xs: &[Pairs; T],
+        ) -> [[f32; T]; R] {
+            let layout = const { QuantType::at(F).layout() };
+            let rounded = layout.rounded_sums();
+            let (super_bytes, pair_bytes) = (layout.super_bytes(), layout.pair_bytes());
+            let halves = [
+                _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
+                _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
+            ];
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
+            let supers = row_bytes / super_bytes;
+            let mut headers = [_mm_setzero_ps(); R];
+            for s in 0..supers {
+                if layout.header > 0 {
+                    for (r, slot) in headers.iter_mut().enumerate() {
+                        *slot = header::<F>(&w[r * row_bytes + s * super_bytes..]);
+                    }
+                }
+                for p in 0..layout.pairs {
+                    let i = s * layout.pairs + p;
+                    for r in 0..R {
+                        let at = r * row_bytes + s * super_bytes + layout.header + p * pair_bytes;
+                        let pair = &w[at..at + pair_bytes];
+                        let (a, b) = scales::<F>(&pair[layout.planes_bytes()..], headers[r]);
+                        let a = _mm256_castps128_ps256(a);
+                        for h in 0..2 {
+                            let values = unpack_256::<F>(pair, h);
+                            let a = _mm256_permutevar8x32_ps(a, halves[h]);
+                            for t in 0..T {
+                                let x = &xs[t][i];
+                                let q: __m256i = bytemuck::cast(load::<32>(&x.q, 32 * h));
+                                let dots = $dot(values, q, layout.eight);
+                                let x_scales: [f32; 8] =
+                                    x.scales[8 * h..][..8].try_into().unwrap_or_default();
+                                let scale = _mm256_mul_ps(a, bytemuck::cast(x_scales));
+                                acc[r][t] =
+                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), scale, acc[r][t]);
+                            }
+                        }
+                        for t in 0..T {
+                            let offsets = _mm_mul_ps(b, bytemuck::cast(*xs[t][i].sums(rounded)));
+                            acc[r][t] = _mm256_add_ps(acc[r][t], _mm256_zextps128_ps256(offsets));
+                        }
+                    }
+                }
+            }
+            std::array::from_fn(|r| {
+                std::array::from_fn(|t| {
+                    let lanes: [f32; 8] = bytemuck::cast(acc[r][t]);
+                    lanes.iter().sum()
+                })
+            })
+        }
+    };
+}
+
+kernel_256!(dot_avx2, "avx2,fma,f16c", dot_maddubs);
+kernel_256!(dot_avxvnni, "avx2,fma,f16c,avxvnni", dot_vnni_256);
+
+/// Half `h` of a pair's values (32 of them) as bytes, with AVX2.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn unpack_256<const F: u8>(pair: &[u8], h: usize) -> __m256i {
+    let layout = const { QuantType::at(F).layout() };
+    let mut v = _mm256_setzero_si256();
+    if layout.eight {
+        v = bytemuck::cast(load::<32>(pair, 32 * h));
+    }
+    if layout.four {
+        let nibbles: __m256i = bytemuck::cast(load::<32>(pair, 0));
+        let shifted = match h {
+            0 => nibbles,
+            _ => _mm256_srli_epi16::<4>(nibbles),
+        };
+        v = _mm256_and_si256(shifted, _mm256_set1_epi8(0x0F));
+    }
+    if layout.two {
+        let all = _mm256_broadcastsi128_si256(bytemuck::cast(load::<16>(pair, layout.two_at())));
+        let first = 4 * h as i64;
+        let shifts = _mm256_set_epi64x(first + 2, first + 2, first, first);
+        let two = _mm256_and_si256(_mm256_srlv_epi64(all, shifts), _mm256_set1_epi8(3));
+        v = _mm256_or_si256(
+            v,
+            _mm256_sll_epi64(two, _mm_cvtsi32_si128(layout.two_shift() as i32)),
+        );
+    }
+    if layout.one {
+        let bits = u32::from_le_bytes(load(pair, layout.one_at() + 4 * h));
+        // Byte k takes byte k / 8 of the bits, then keeps bit k % 8 of it.
+        let spread = _mm256_shuffle_epi8(
+            _mm256_set1_epi32(bits as i32),
+            _mm256_setr_epi8(
+                0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3,
+                3, 3, 3, 3,
+            ),
+        );
+        let masks = _mm256_set1_epi64x(0x8040_2010_0804_0201_u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, masks), masks);
+        v = _mm256_or_si256(
+            v,
+            _mm256_and_si256(set, _mm256_set1_epi8(1 << layout.one_shift())),
+        );
+    }
+    v
+}
+
+/// `Σ w·x` per lane of 4 with AVX2. `vpmaddubsw` saturates at 16 bits, which
+/// weights of up to 6 bits never reach (63 · 127 · 2 < 32767); 8-bit weights
+/// (`q + 128`) are multiplied as signed `q` and `128 Σ x` added back.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn dot_maddubs(w: __m256i, x: __m256i, eight: bool) -> __m256i {
+    let ones = _mm256_set1_epi16(1);
+    if !eight {
+        return _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), ones);
+    }
+    let signed = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+    let products = _mm256_maddubs_epi16(_mm256_abs_epi8(signed), _mm256_sign_epi8(x, signed));
+    let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), x), ones);
+    _mm256_add_epi32(
+        _mm256_madd_epi16(products, ones),
+        _mm256_slli_epi32::<7>(sums),
+    )
+}
+
+/// `Σ w·x` per lane of 4 with AVX-VNNI (no saturation).
+#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+#[inline]
+fn dot_vnni_256(w: __m256i, x: __m256i, _eight: bool) -> __m256i {
+    _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
+}
+
+/// Runs `f` with AVX-512 enabled (see `quant::vectorized`).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// Runs `f` with AVX2 and FMA enabled (see `quant::vectorized`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+const _: () = assert!(PAIR == 64);

@@ -103,7 +103,10 @@ pub(super) fn dot_avx512<const F: u8, const R: usize, const T: usize>(
             for r in 0..R {
                 let at = r * row_bytes + s * super_bytes + layout.header + p * pair_bytes;
                 let pair = &w[at..at + pair_bytes];
-                _mm_prefetch::<_MM_HINT_T0>(pair.as_ptr().wrapping_add(ahead).cast());
+                // A pair may span two cache lines: ask for both.
+                let future = pair.as_ptr().wrapping_add(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(future.cast());
+                _mm_prefetch::<_MM_HINT_T0>(future.wrapping_add(pair_bytes - 1).cast());
                 let values = unpack_avx512::<F>(pair);
                 let (a, b) = scales::<F>(&pair[layout.planes_bytes()..], headers[r]);
                 let a = _mm512_permutexvar_ps(group_of_lane, _mm512_castps128_ps512(a));

@@ -208,10 +208,17 @@ fn sliding_windows_see_their_window() {
 #[test]
 fn rings_that_wrap_change_nothing() {
     for arch in ["gemma3", "phi3"] {
+        // F32 weights: the ring sums attention in another order than the
+        // whole cache, and with 8-bit activations a last-bit difference can
+        // move an activation by a whole rounding step (the portable kernels
+        // did at one position of 200 on a Q8_0 model: logits 0.024 apart).
+        // Without that rounding the paths agree to about 1e-6, so what this
+        // compares is the ring alone.
         let file = TinyFile::new(
             &format!("{arch}-ring"),
             &TinyModel {
                 sliding_window: Some(14),
+                weight_type: GgmlDType::F32,
                 ..tiny(arch)
             },
         );

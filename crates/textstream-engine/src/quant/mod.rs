@@ -651,9 +651,17 @@ impl Segment {
                 let xs = [act.token(0)];
                 with_type!(*kind, quant_rows::<F>(m.tier, w, *row_bytes, out, &xs));
             }
+            _ => self.float_dot(first, cols, out, x),
+        }
+    }
+
+    /// Rows `first..first + out.len()` of a float segment against one token.
+    fn float_dot(&self, first: usize, cols: usize, out: &mut [f32], x: &[f32]) {
+        match &self.data {
             Data::F32(v) => float_rows(&v[first * cols..], cols, out, x, |v| *v),
             Data::F16(v) => float_rows(&v[first * cols..], cols, out, x, |v| v.to_f32()),
             Data::BF16(v) => float_rows(&v[first * cols..], cols, out, x, |v| v.to_f32()),
+            Data::Quant { .. } => unreachable!("quantized segments take the kernels"),
         }
     }
 
@@ -702,16 +710,10 @@ impl Segment {
                     }
                 }
             }
-            data => {
+            _ => {
                 for t in 0..tokens {
                     let x = &x[(first + t) * cols..][..cols];
-                    let out = &mut out[t * rows + row..][..self.rows];
-                    match data {
-                        Data::F32(v) => float_rows(v, cols, out, x, |v| *v),
-                        Data::F16(v) => float_rows(v, cols, out, x, |v| v.to_f32()),
-                        Data::BF16(v) => float_rows(v, cols, out, x, |v| v.to_f32()),
-                        Data::Quant { .. } => unreachable!("matched above"),
-                    }
+                    self.float_dot(0, cols, &mut out[t * rows + row..][..self.rows], x);
                 }
             }
         }

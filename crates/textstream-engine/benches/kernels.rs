@@ -9,7 +9,12 @@
 //! ```sh
 //! cargo bench -p textstream-engine --bench kernels
 //! THREADS=1 TYPES=Q4_K,Q6_K cargo bench -p textstream-engine --bench kernels
+//! BLOCKS=1 cargo bench -p textstream-engine --bench kernels -- "decode step"
 //! ```
+//!
+//! `SHAPE=262144x640` benches one matrix of that shape (Gemma 3's output
+//! projection) instead of a step. `BLOCKS=1` (one block's matrices, no output projection: about 5 MB, in
+//! cache) measures the kernels' compute limit rather than memory's.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use textstream_engine::quant::{
@@ -53,6 +58,17 @@ fn kernels(c: &mut Criterion) {
         .ok()
         .and_then(|t| t.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let blocks: usize = std::env::var("BLOCKS")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(BLOCKS);
+    let shape: Option<(usize, usize)> = std::env::var("SHAPE").ok().map(|s| {
+        let (rows, cols) = s.split_once('x').expect("SHAPE is ROWSxCOLS");
+        (
+            rows.parse().expect("SHAPE rows"),
+            cols.parse().expect("SHAPE cols"),
+        )
+    });
     let types: Vec<QuantType> = match std::env::var("TYPES") {
         Ok(names) => QUANT_TYPES
             .into_iter()
@@ -82,7 +98,15 @@ fn kernels(c: &mut Criterion) {
     group.sample_size(20);
     for kind in types {
         for tier in Tier::available() {
-            let step = matrices(kind, tier, BLOCKS, true);
+            let step = match shape {
+                Some((rows, cols)) => {
+                    let bytes = sample_bytes(kind, rows, cols, 1);
+                    vec![Matrix::from_gguf(GgufType::Quant(kind), &bytes, rows, cols)
+                        .and_then(|m| m.with_tier(tier))
+                        .expect("matrix")]
+                }
+                None => matrices(kind, tier, blocks, blocks == BLOCKS),
+            };
             let bytes: usize = step.iter().map(Matrix::bytes).sum();
             let mut outs: Vec<Vec<f32>> = step.iter().map(|m| vec![0.0; m.rows()]).collect();
             group.throughput(Throughput::Bytes(bytes as u64));

@@ -37,6 +37,7 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
 }
 
 /// `Σ e^(v - shift)` over `values`, in f64 (sums of 16 lanes in f32 first).
+#[inline(always)]
 pub(crate) fn sum_exp_shifted(values: &[f32], shift: f32) -> f64 {
     const LANES: usize = 16;
     let mut chunks = values.chunks_exact(LANES);

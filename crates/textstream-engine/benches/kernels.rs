@@ -3,8 +3,10 @@
 //! decode step's worth of matrices (30 blocks of Q/K/V, output, gate/up and
 //! down, and the output projection), one token through all of them, for each
 //! common weight type on each kernel tier this CPU runs; and a 128-token
-//! prompt through one block's matrices. Reports bytes of weights read per
-//! second, the figure that bounds decode.
+//! prompt through one block's matrices, and batches of 2 to 16 tokens
+//! through the step. Reports bytes of weights read per second (the figure
+//! that bounds decode), multiply-adds per second for prompts and tokens per
+//! second for batches.
 //!
 //! ```sh
 //! cargo bench -p textstream-engine --bench kernels
@@ -27,6 +29,7 @@ const QKV_ROWS: usize = 960;
 const BLOCKS: usize = 30;
 const VOCAB: usize = 49152;
 const PROMPT: usize = 128;
+const BATCHES: [usize; 4] = [2, 4, 8, 16];
 
 fn matrices(kind: QuantType, tier: Tier, blocks: usize, vocab: bool) -> Vec<Matrix> {
     let mut shapes = Vec::new();
@@ -122,6 +125,26 @@ fn kernels(c: &mut Criterion) {
                     })
                 },
             );
+            // A batch: one token of each of `n` sequences through the step,
+            // in tokens per second (a batch is as good as its weights are
+            // read once for all of its tokens).
+            for n in BATCHES {
+                let mut outs: Vec<Vec<f32>> =
+                    step.iter().map(|m| vec![0.0; n * m.rows()]).collect();
+                group.throughput(Throughput::Elements(n as u64));
+                group.bench_function(
+                    format!("batch {n} {kind:?} {}, {threads} threads", tier.name()),
+                    |b| {
+                        b.iter(|| {
+                            pool.install(|| {
+                                for (m, out) in step.iter().zip(&mut outs) {
+                                    m.matmul(&x[..n * m.cols()], out, &mut scratch);
+                                }
+                            })
+                        })
+                    },
+                );
+            }
             let block = matrices(kind, tier, 1, false);
             let mut outs: Vec<Vec<f32>> =
                 block.iter().map(|m| vec![0.0; PROMPT * m.rows()]).collect();

@@ -29,7 +29,8 @@
 //! # Parallelism
 //!
 //! A product runs on the current rayon pool: a decode step (one token) splits
-//! the rows, a prompt splits the tokens. The engine runs its whole forward
+//! the rows; several tokens (a prompt, a batch) split into tiles of rows
+//! against blocks of tokens. The engine runs its whole forward
 //! pass inside one pool, so a product costs no thread hand-off.
 //!
 //! # Unsafe code
@@ -64,9 +65,15 @@ const ROWS_AT_ONCE: usize = 4;
 /// Rows a prompt kernel call takes at once (times [`TOKENS_PER_TASK`]
 /// accumulators: 8 of AVX-512's 32 registers).
 const PROMPT_ROWS_AT_ONCE: usize = 2;
-/// Tokens one parallel task takes in a prompt product, all of them against
-/// each unpacked pair of weights.
+/// Tokens a prompt kernel call takes at once, all of them against each
+/// unpacked pair of weights.
 const TOKENS_PER_TASK: usize = 4;
+/// Weights one task of a several-token product reads, about: its rows stay
+/// in the core's cache while the task's tokens go by.
+const TILE_BYTES: usize = 16 << 10;
+/// Tokens one task of a several-token product takes: their rounded
+/// activations (160 bytes per 64 values) stay in the core's cache too.
+const TOKEN_BLOCK: usize = 64;
 /// The environment variable that asks for a lower kernel tier.
 pub const KERNEL_ENV: &str = "TEXTSTREAM_KERNEL";
 
@@ -508,20 +515,53 @@ impl Matrix {
                 )
             });
         } else {
-            out.par_chunks_mut(self.rows * TOKENS_PER_TASK)
-                .enumerate()
-                .for_each(|(task, out)| {
-                    let first = task * TOKENS_PER_TASK;
-                    let mut row = 0;
-                    for segment in &self.segments {
-                        vectorized(
-                            #[inline(always)]
-                            || segment.tokens_dot(self, row, out, first, x, act),
-                        );
-                        row += segment.rows;
-                    }
-                });
+            self.tiled(tokens, x, out, act);
         }
+    }
+
+    /// The product for several tokens (a prompt, or one token of each of a
+    /// batch of sequences): tasks are tiles of rows (about [`TILE_BYTES`] of
+    /// weights, which stay in cache) against blocks of up to [`TOKEN_BLOCK`]
+    /// tokens, each pair of weights unpacked once for [`TOKENS_PER_TASK`]
+    /// tokens. Splitting rows, not only tokens, reads the weights once per
+    /// block of tokens and keeps both cores busy from two tokens up.
+    fn tiled(&self, tokens: usize, x: &[f32], out: &mut [f32], act: &Activations) {
+        // (segment, its first row, rows, the matrix's row)
+        let mut tiles = Vec::new();
+        let mut row = 0;
+        for segment in &self.segments {
+            let per_tile = (TILE_BYTES / segment.row_bytes(self.cols).max(1))
+                .clamp(PROMPT_ROWS_AT_ONCE, ROWS_PER_TASK);
+            for first in (0..segment.rows).step_by(per_tile) {
+                let n = per_tile.min(segment.rows - first);
+                tiles.push((segment, first, n, row + first));
+            }
+            row += segment.rows;
+        }
+        let blocks = tokens.div_ceil(TOKEN_BLOCK);
+        let results: Vec<Vec<f32>> = (0..blocks * tiles.len())
+            .into_par_iter()
+            .map(|task| {
+                let (segment, first_row, n, _) = tiles[task % tiles.len()];
+                let first = task / tiles.len() * TOKEN_BLOCK;
+                let count = TOKEN_BLOCK.min(tokens - first);
+                let mut tile = vec![0.0; count * n];
+                vectorized(
+                    #[inline(always)]
+                    || segment.tile_dot(self, first_row, n, first, &mut tile, x, act),
+                );
+                tile
+            })
+            .collect();
+        out.par_chunks_mut(self.rows)
+            .enumerate()
+            .for_each(|(t, out)| {
+                let (block, k) = (t / TOKEN_BLOCK, t % TOKEN_BLOCK);
+                for (i, &(_, _, n, row)) in tiles.iter().enumerate() {
+                    let tile = &results[block * tiles.len() + i];
+                    out[row..row + n].copy_from_slice(&tile[k * n..][..n]);
+                }
+            });
     }
 }
 
@@ -665,55 +705,68 @@ impl Segment {
         }
     }
 
-    /// This segment's rows (from matrix row `row`) against the tokens of
-    /// `out` (`[token][row]`, from token `first`).
-    fn tokens_dot(
+    /// Bytes per row as stored (an f32 row's, for float segments).
+    fn row_bytes(&self, cols: usize) -> usize {
+        match &self.data {
+            Data::Quant { row_bytes, .. } => *row_bytes,
+            Data::F32(_) => 4 * cols,
+            Data::F16(_) | Data::BF16(_) => 2 * cols,
+        }
+    }
+
+    /// Rows `first_row..first_row + n` of this segment against the tokens
+    /// from `first`: `tile` is `[token][row]`, `n` outputs per token.
+    #[allow(clippy::too_many_arguments)]
+    fn tile_dot(
         &self,
         m: &Matrix,
-        row: usize,
-        out: &mut [f32],
+        first_row: usize,
+        n: usize,
         first: usize,
+        tile: &mut [f32],
         x: &[f32],
         act: &Activations,
     ) {
-        let (rows, cols) = (m.rows, m.cols);
-        let tokens = out.len() / rows;
+        let cols = m.cols;
         match &self.data {
             Data::Quant {
                 kind,
                 row_bytes,
                 bytes,
             } => {
-                if tokens == TOKENS_PER_TASK {
+                let w = &bytes[first_row * row_bytes..][..n * row_bytes];
+                let count = tile.len() / n;
+                let whole = count - count % TOKENS_PER_TASK;
+                for t in (0..whole).step_by(TOKENS_PER_TASK) {
                     let xs: [Pairs; TOKENS_PER_TASK] =
-                        std::array::from_fn(|t| act.token(first + t));
+                        std::array::from_fn(|k| act.token(first + t + k));
+                    let tile = &mut tile[t * n..];
                     with_type!(
                         *kind,
                         quant_prompt::<F>(
                             m.tier,
-                            bytes,
+                            w,
                             *row_bytes,
-                            self.rows,
+                            n,
                             &xs,
                             &mut |r, dots: [f32; TOKENS_PER_TASK]| {
-                                for (t, dot) in dots.into_iter().enumerate() {
-                                    out[t * rows + row + r] = dot;
+                                for (k, dot) in dots.into_iter().enumerate() {
+                                    tile[k * n + r] = dot;
                                 }
                             }
                         )
                     );
-                } else {
-                    for t in 0..tokens {
-                        let xs = [act.token(first + t)];
-                        let out = &mut out[t * rows + row..][..self.rows];
-                        with_type!(*kind, quant_rows::<F>(m.tier, bytes, *row_bytes, out, &xs));
-                    }
+                }
+                for t in whole..count {
+                    let xs = [act.token(first + t)];
+                    let out = &mut tile[t * n..][..n];
+                    with_type!(*kind, quant_rows::<F>(m.tier, w, *row_bytes, out, &xs));
                 }
             }
             _ => {
-                for t in 0..tokens {
+                for (t, out) in tile.chunks_exact_mut(n).enumerate() {
                     let x = &x[(first + t) * cols..][..cols];
-                    self.float_dot(0, cols, &mut out[t * rows + row..][..self.rows], x);
+                    self.float_dot(first_row, cols, out, x);
                 }
             }
         }

@@ -329,4 +329,43 @@ proptest! {
             }
         }
     }
+
+    /// A token's outputs do not depend on the tokens beside it: alone, in a
+    /// batch, or in a long prompt (past a block of tokens and a tile of
+    /// rows), on every tier, bit for bit. Batched sequences and chunked
+    /// prompts get exactly what they would get alone.
+    #[test]
+    fn a_token_gets_the_same_bits_in_any_batch(
+        type_index in 0usize..QUANT_TYPES.len(),
+        float in any::<bool>(),
+        rows in 1usize..90,
+        tokens in 2usize..(TOKEN_BLOCK + 7),
+        seed in proptest::collection::vec(any::<u8>(), 8..64),
+    ) {
+        let kind = QUANT_TYPES[type_index];
+        let cols = cols_for(kind, 1);
+        let mut m = Matrix::from_gguf(GgufType::Quant(kind), &file_bytes(kind, rows, cols, &seed), rows, cols).expect("matrix");
+        if float {
+            // A float segment below the quantized one.
+            let values = (0..rows * cols).map(|i| ((i * 13 % 29) as f32 - 14.0) / 9.0).collect();
+            m.append_rows(Matrix::from_f32(values, rows, cols).expect("f32")).expect("append");
+        }
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|i| ((i * 31 + seed[0] as usize) % 97) as f32 / 20.0 - 2.4)
+            .collect();
+        for tier in Tier::available() {
+            let m = m.clone().with_tier(tier).expect("tier");
+            let mut together = vec![0.0; tokens * m.rows()];
+            m.matmul(&x, &mut together, &mut Activations::new());
+            for t in 0..tokens {
+                let mut alone = vec![0.0; m.rows()];
+                m.matmul(&x[t * cols..][..cols], &mut alone, &mut Activations::new());
+                let got = &together[t * m.rows()..][..m.rows()];
+                prop_assert!(
+                    alone.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{:?} {:?} token {} of {}: alone {:?}, together {:?}", kind, tier, t, tokens, alone, got
+                );
+            }
+        }
+    }
 }

@@ -75,20 +75,11 @@ fn scales<const F: u8>(bytes: &[u8], header: __m128) -> (__m128, __m128) {
     }
 }
 
-/// Each pair of one row of type `F`, in order: `f(index, bytes, header)`
-/// with its super-block's header (see `header`).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn each_pair<const F: u8>(row: &[u8], mut f: impl FnMut(usize, &[u8], __m128)) {
+/// Where pair `p` of super-block `s` starts in a row of type `F`.
+#[inline(always)]
+fn pair_at<const F: u8>(s: usize, p: usize) -> usize {
     let layout = const { QuantType::at(F).layout() };
-    let (super_bytes, pair_bytes) = (layout.super_bytes(), layout.pair_bytes());
-    for s in 0..row.len() / super_bytes {
-        let header = header::<F>(&row[s * super_bytes..]);
-        for p in 0..layout.pairs {
-            let at = s * super_bytes + layout.header + p * pair_bytes;
-            f(s * layout.pairs + p, &row[at..at + pair_bytes], header);
-        }
-    }
+    s * layout.super_bytes() + layout.header + p * layout.pair_bytes()
 }
 
 /// The AVX-512 VNNI kernel.
@@ -103,39 +94,46 @@ pub(super) fn dot_avx512<const F: u8, const R: usize, const T: usize>(
     let pair_bytes = layout.pair_bytes();
     // Lane i of a product covers values 4i..4i+3: group i / 4.
     let group_of_lane = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    let mut acc = [[_mm512_setzero_ps(); T]; R];
-    let mut acc_offsets = [[_mm_setzero_ps(); T]; R];
+    let mut out = [[0.0; T]; R];
     // Rows one after the other: one sequential stream of weights. Reading
     // the `R` rows' pairs interleaved (`R` streams a row apart) halved the
     // rate memory delivered on short rows (Gemma 3's 640-wide output
     // projection: 15 against 28 GiB/s, `SHAPE=262144x640` in
     // `benches/kernels.rs`).
     let ahead = PREFETCH_GROUPS * R * row_bytes;
-    for r in 0..R {
-        each_pair::<F>(&w[r * row_bytes..][..row_bytes], |i, pair, header| {
-            // A pair may span two cache lines: ask for both.
-            let future = pair.as_ptr().wrapping_add(ahead);
-            _mm_prefetch::<_MM_HINT_T0>(future.cast());
-            _mm_prefetch::<_MM_HINT_T0>(future.wrapping_add(pair_bytes - 1).cast());
-            let values = unpack_avx512::<F>(pair);
-            let (a, b) = scales::<F>(&pair[layout.planes_bytes()..], header);
-            let a = _mm512_permutexvar_ps(group_of_lane, _mm512_castps128_ps512(a));
-            for t in 0..T {
-                let x = &xs[t][i];
-                let dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), values, bytemuck::cast(x.q));
-                let scale = _mm512_mul_ps(a, bytemuck::cast(x.scales));
-                acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[r][t]);
-                acc_offsets[r][t] =
-                    _mm_fmadd_ps(b, bytemuck::cast(*x.sums(rounded)), acc_offsets[r][t]);
+    for (r, out) in out.iter_mut().enumerate() {
+        let row = &w[r * row_bytes..][..row_bytes];
+        // Accumulators per row, so that they stay in registers.
+        let mut acc = [_mm512_setzero_ps(); T];
+        let mut acc_offsets = [_mm_setzero_ps(); T];
+        for (s, i) in (0..row_bytes / layout.super_bytes()).zip((0..).step_by(layout.pairs)) {
+            let header = header::<F>(&row[pair_at::<F>(s, 0) - layout.header..]);
+            for (p, i) in (i..i + layout.pairs).enumerate() {
+                let pair = &row[pair_at::<F>(s, p)..][..pair_bytes];
+                // A pair may span two cache lines: ask for both.
+                let future = pair.as_ptr().wrapping_add(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(future.cast());
+                _mm_prefetch::<_MM_HINT_T0>(future.wrapping_add(pair_bytes - 1).cast());
+                let values = unpack_avx512::<F>(pair);
+                let (a, b) = scales::<F>(&pair[layout.planes_bytes()..], header);
+                let a = _mm512_permutexvar_ps(group_of_lane, _mm512_castps128_ps512(a));
+                for t in 0..T {
+                    let x = &xs[t][i];
+                    let dots =
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), values, bytemuck::cast(x.q));
+                    let scale = _mm512_mul_ps(a, bytemuck::cast(x.scales));
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[t]);
+                    acc_offsets[t] =
+                        _mm_fmadd_ps(b, bytemuck::cast(*x.sums(rounded)), acc_offsets[t]);
+                }
             }
+        }
+        *out = std::array::from_fn(|t| {
+            let offsets: [f32; 4] = bytemuck::cast(acc_offsets[t]);
+            _mm512_reduce_add_ps(acc[t]) + offsets.iter().sum::<f32>()
         });
     }
-    std::array::from_fn(|r| {
-        std::array::from_fn(|t| {
-            let offsets: [f32; 4] = bytemuck::cast(acc_offsets[r][t]);
-            _mm512_reduce_add_ps(acc[r][t]) + offsets.iter().sum::<f32>()
-        })
-    })
+    out
 }
 
 /// A pair's 64 values as bytes, with AVX-512.
@@ -186,37 +184,44 @@ macro_rules! kernel_256 {
                 _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1),
                 _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
             ];
-            let mut acc = [[_mm256_setzero_ps(); T]; R];
+            let mut out = [[0.0; T]; R];
             // Rows one after the other, as in `dot_avx512`.
-            for r in 0..R {
-                each_pair::<F>(&w[r * row_bytes..][..row_bytes], |i, pair, header| {
-                    let (a, b) = scales::<F>(&pair[layout.planes_bytes()..], header);
-                    let a = _mm256_castps128_ps256(a);
-                    for h in 0..2 {
-                        let values = unpack_256::<F>(pair, h);
-                        let a = _mm256_permutevar8x32_ps(a, halves[h]);
+            let pair_bytes = layout.pair_bytes();
+            for (r, out) in out.iter_mut().enumerate() {
+                let row = &w[r * row_bytes..][..row_bytes];
+                let mut acc = [_mm256_setzero_ps(); T];
+                for (s, i) in (0..row_bytes / layout.super_bytes()).zip((0..).step_by(layout.pairs))
+                {
+                    let header = header::<F>(&row[pair_at::<F>(s, 0) - layout.header..]);
+                    for (p, i) in (i..i + layout.pairs).enumerate() {
+                        let pair = &row[pair_at::<F>(s, p)..][..pair_bytes];
+                        let (a, b) = scales::<F>(&pair[layout.planes_bytes()..], header);
+                        let a = _mm256_castps128_ps256(a);
+                        for h in 0..2 {
+                            let values = unpack_256::<F>(pair, h);
+                            let a = _mm256_permutevar8x32_ps(a, halves[h]);
+                            for t in 0..T {
+                                let x = &xs[t][i];
+                                let q: __m256i = bytemuck::cast(load::<32>(&x.q, 32 * h));
+                                let dots = $dot(values, q, layout.eight);
+                                let x_scales: [f32; 8] =
+                                    x.scales[8 * h..][..8].try_into().unwrap_or_default();
+                                let scale = _mm256_mul_ps(a, bytemuck::cast(x_scales));
+                                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), scale, acc[t]);
+                            }
+                        }
                         for t in 0..T {
-                            let x = &xs[t][i];
-                            let q: __m256i = bytemuck::cast(load::<32>(&x.q, 32 * h));
-                            let dots = $dot(values, q, layout.eight);
-                            let x_scales: [f32; 8] =
-                                x.scales[8 * h..][..8].try_into().unwrap_or_default();
-                            let scale = _mm256_mul_ps(a, bytemuck::cast(x_scales));
-                            acc[r][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots), scale, acc[r][t]);
+                            let offsets = _mm_mul_ps(b, bytemuck::cast(*xs[t][i].sums(rounded)));
+                            acc[t] = _mm256_add_ps(acc[t], _mm256_zextps128_ps256(offsets));
                         }
                     }
-                    for t in 0..T {
-                        let offsets = _mm_mul_ps(b, bytemuck::cast(*xs[t][i].sums(rounded)));
-                        acc[r][t] = _mm256_add_ps(acc[r][t], _mm256_zextps128_ps256(offsets));
-                    }
+                }
+                *out = std::array::from_fn(|t| {
+                    let lanes: [f32; 8] = bytemuck::cast(acc[t]);
+                    lanes.iter().sum()
                 });
             }
-            std::array::from_fn(|r| {
-                std::array::from_fn(|t| {
-                    let lanes: [f32; 8] = bytemuck::cast(acc[r][t]);
-                    lanes.iter().sum()
-                })
-            })
+            out
         }
     };
 }

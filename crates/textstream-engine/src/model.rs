@@ -28,7 +28,7 @@ use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 use textstream::Detokenizer;
 
 use crate::models::hparams::DEFAULT_CONTEXT_LENGTH;
-use crate::models::{self, CheckError, Hparams, KvCache, Transformer};
+use crate::models::{self, CheckError, Hparams, KvCache, Step, Transformer};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::GgufTokenizer;
 use crate::EngineError;
@@ -420,6 +420,63 @@ impl Session {
                 self.reset();
                 Err(EngineError::Inference { message })
             }
+        }
+    }
+
+    /// One forward pass of several sessions of one model at once: each
+    /// `(session, ids, pos)` as [`Self::forward_last`] would run it (at most
+    /// [`models::PROMPT_CHUNK`] ids each), the weights read once for all of
+    /// them. Each session's logits are bit for bit those it would get alone.
+    /// Sessions of candle's backend run one after the other.
+    pub fn forward_batch(
+        steps: &mut [(&mut Session, &[u32], usize)],
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
+        for (session, ids, pos) in steps.iter() {
+            session.check_input(ids, *pos)?;
+            if ids.len() > models::PROMPT_CHUNK {
+                return Err(EngineError::Inference {
+                    message: format!(
+                        "{} tokens in one step of a batch; at most {}",
+                        ids.len(),
+                        models::PROMPT_CHUNK
+                    ),
+                });
+            }
+        }
+        if steps
+            .iter()
+            .any(|(session, _, _)| matches!(session.state, State::Candle(_)))
+        {
+            return steps
+                .iter_mut()
+                .map(|(session, ids, pos)| session.forward_last(ids, *pos))
+                .collect();
+        }
+        let mut weights: Option<Arc<Transformer>> = None;
+        let mut native = Vec::with_capacity(steps.len());
+        for (session, ids, pos) in steps.iter_mut() {
+            if let State::Native { weights: w, cache } = &mut session.state {
+                if !Arc::ptr_eq(weights.get_or_insert_with(|| Arc::clone(w)), w) {
+                    return Err(EngineError::Inference {
+                        message: "a batch's sessions must share one model".to_owned(),
+                    });
+                }
+                native.push(Step {
+                    cache,
+                    ids,
+                    pos: *pos,
+                });
+            }
+        }
+        let Some(weights) = weights else {
+            return Ok(Vec::new());
+        };
+        match guarded("running the model", || weights.forward_batch(&mut native)) {
+            Ok(Ok(logits)) => Ok(logits),
+            Ok(Err(e)) => Err(EngineError::Inference {
+                message: e.to_string(),
+            }),
+            Err(message) => Err(EngineError::Inference { message }),
         }
     }
 

@@ -289,3 +289,152 @@ fn a_kv_cache_that_cannot_fit_is_refused_up_front() {
     assert_eq!(model.info().trained_context_length, Some(1 << 31));
     assert_eq!(model.context_length(), 512);
 }
+
+/// A sequence in `batches_change_no_bits`: its prompt, how it is chunked,
+/// and what it has done so far.
+struct Sequence {
+    prompt: Vec<u32>,
+    chunk: usize,
+    cache: models::KvCache,
+    fed: usize,
+    generated: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+}
+
+/// Greedy continuation of `prompt` alone, the prompt in one pass: the
+/// logits after the prompt and after each of `steps` decoded tokens.
+fn alone(model: &Transformer, prompt: &[u32], steps: usize) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache();
+    let mut logits = vec![model.forward_last(&mut cache, prompt, 0).expect("prompt")];
+    for step in 0..steps {
+        let next = textstream_engine::sampling::argmax(&logits[step]) as u32;
+        let pos = prompt.len() + step;
+        logits.push(model.forward_last(&mut cache, &[next], pos).expect("step"));
+    }
+    logits
+}
+
+/// For every family: sequences run together in batches (each prompt in
+/// chunks of its own size, beside the other sequences' decode steps and
+/// prompt chunks) get bit for bit the logits they get alone with the
+/// prompt in one pass. A request's tokens do not depend on what else runs.
+#[test]
+fn batches_change_no_bits() {
+    const STEPS: usize = 6;
+    for arch in ARCHITECTURES {
+        for weight_type in [GgmlDType::Q4_1, GgmlDType::Q4K] {
+            let file = TinyFile::new(
+                &format!("batch-{arch}-{weight_type:?}"),
+                &TinyModel {
+                    head_dim: 64,
+                    hidden: 256,
+                    weight_type,
+                    // Past 256 positions, attention splits the keys into pieces.
+                    context_length: 1024,
+                    ..tiny(arch)
+                },
+            );
+            let model = file.transformer(512);
+            let mut sequences: Vec<Sequence> = [
+                (1, 1),
+                (5, 2),
+                (23, 7),
+                (300, 512),
+                (270, 1),
+                (290, 100),
+                (37, 9),
+            ]
+            .into_iter()
+            .map(|(len, chunk)| Sequence {
+                prompt: ids(len + 3)[3..].to_vec(),
+                chunk,
+                cache: model.new_cache(),
+                fed: 0,
+                generated: Vec::new(),
+                logits: Vec::new(),
+            })
+            .collect();
+            // Start them at different rounds, so batches mix every phase.
+            for round in 0.. {
+                let running: Vec<&mut Sequence> = sequences
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, s)| *i <= round && s.logits.len() <= STEPS)
+                    .map(|(_, s)| s)
+                    .collect();
+                if running.is_empty() {
+                    break;
+                }
+                let mut inputs = Vec::new();
+                for s in &running {
+                    let ids = if s.fed < s.prompt.len() {
+                        s.prompt[s.fed..(s.fed + s.chunk).min(s.prompt.len())].to_vec()
+                    } else {
+                        vec![*s.generated.last().expect("a token")]
+                    };
+                    inputs.push(ids);
+                }
+                let mut running = running;
+                let mut steps: Vec<models::Step> = running
+                    .iter_mut()
+                    .zip(&inputs)
+                    .map(|(s, ids)| models::Step {
+                        pos: s.fed,
+                        cache: &mut s.cache,
+                        ids,
+                    })
+                    .collect();
+                let logits = model.forward_batch(&mut steps).expect("batch");
+                drop(steps);
+                for ((s, ids), logits) in running.iter_mut().zip(&inputs).zip(logits) {
+                    s.fed += ids.len();
+                    if s.fed >= s.prompt.len() {
+                        s.generated
+                            .push(textstream_engine::sampling::argmax(&logits) as u32);
+                        s.logits.push(logits);
+                    }
+                }
+            }
+            for s in &sequences {
+                let want = alone(&model, &s.prompt, STEPS);
+                assert_eq!(s.logits.len(), want.len());
+                for (i, (got, want)) in s.logits.iter().zip(&want).enumerate() {
+                    assert!(
+                        got.iter()
+                            .zip(want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{arch} {weight_type:?}: a {}-token prompt in chunks of {}, step {i}: \
+                         batched logits differ from alone",
+                        s.prompt.len(),
+                        s.chunk
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn batch_steps_are_checked() {
+    let file = TinyFile::new("batch-errors", &tiny("llama"));
+    let model = file.transformer(16);
+    let mut cache = model.new_cache();
+    let too_long = ids(17);
+    let cases: [(&[u32], usize, &str); 4] = [
+        (&[], 0, "outside"),
+        (&too_long, 0, "at most 16"),
+        (&[5], 256, "outside"),
+        (&[100_000], 0, "vocabulary"),
+    ];
+    for (ids, pos, says) in cases {
+        let err = model
+            .forward_batch(&mut [models::Step {
+                cache: &mut cache,
+                ids,
+                pos,
+            }])
+            .expect_err("a bad step");
+        assert!(err.to_string().contains(says), "{err}");
+    }
+    assert!(model.forward_batch(&mut []).expect("nothing").is_empty());
+}

@@ -232,14 +232,15 @@ impl LayerCache {
     /// Causal attention of `t` tokens' queries (positions `pos..pos + t`;
     /// `qkv` rows of `[q | k | v]`) over this cache, into `out`
     /// (`[t][heads * head_dim]`). Each (token, KV head) attends its slot
-    /// ranges, a single decode token's split into [`KEY_CHUNK`] pieces so
-    /// that every core has work; pieces merge by their maxima, as
-    /// flash-decoding does.
+    /// ranges split into [`KEY_CHUNK`] pieces, so that every core has work
+    /// even for one token; pieces merge by their maxima, as flash-decoding
+    /// does. The pieces depend on the token's position alone, never on the
+    /// tokens beside it: a token attends bit for bit alike in a prompt
+    /// chunk of any length and as a decode step.
     pub fn attend(&self, h: &Hparams, qkv: &[f32], pos: usize, out: &mut [f32]) {
         let qkv_width = h.q_width() + 2 * h.kv_width();
         let t = qkv.len() / qkv_width;
         let group_width = h.q_width() / h.kv_heads;
-        let split = t == 1;
         // Tasks in (token, KV head) order; `groups` holds each one's range.
         let mut tasks = Vec::new();
         let mut groups = Vec::with_capacity(t * h.kv_heads);
@@ -248,10 +249,9 @@ impl LayerCache {
             for kv_head in 0..h.kv_heads {
                 let first = tasks.len();
                 for range in ranges.iter().filter(|r| !r.is_empty()) {
-                    let step = if split { KEY_CHUNK } else { range.len() };
                     let mut start = range.start;
                     while start < range.end {
-                        let end = range.end.min(start + step);
+                        let end = range.end.min(start + KEY_CHUNK);
                         tasks.push((i, kv_head, start..end));
                         start = end;
                     }

@@ -147,7 +147,20 @@ pub struct KvCache {
     activations: Activations,
 }
 
-/// What one chunk computes, sized for its tokens.
+/// One sequence's part of a batched forward pass
+/// ([`Transformer::forward_batch`]): its cache, its next tokens (one while
+/// it decodes, a prompt chunk while it prefills) and the first one's position.
+#[derive(Debug)]
+pub struct Step<'a> {
+    /// The sequence's keys and values.
+    pub cache: &'a mut KvCache,
+    /// Its tokens in this pass.
+    pub ids: &'a [u32],
+    /// The position of `ids[0]`.
+    pub pos: usize,
+}
+
+/// What one forward pass computes, sized for its tokens.
 struct Buffers {
     x: Vec<f32>,
     normed: Vec<f32>,
@@ -505,17 +518,65 @@ impl Transformer {
         Ok(self.pool.install(|| {
             let mut last = Vec::new();
             for (i, chunk) in ids.chunks(self.prompt_chunk).enumerate() {
-                last = self.forward_chunk(cache, chunk, pos + i * self.prompt_chunk);
+                let mut step = [Step {
+                    cache: &mut *cache,
+                    ids: chunk,
+                    pos: pos + i * self.prompt_chunk,
+                }];
+                last = self.forward_steps(&mut step);
             }
-            self.logits(cache, &last)
+            self.logits(&mut cache.activations, &last).remove(0)
         }))
     }
 
-    /// One chunk through every block; returns the last token's hidden state.
-    fn forward_chunk(&self, cache: &mut KvCache, ids: &[u32], pos: usize) -> Vec<f32> {
+    /// One forward pass over several sequences at once, each with its own
+    /// cache: a decode step of each running sequence, a prompt chunk of
+    /// another. The weights are read once for all of their tokens; each
+    /// sequence attends only its own cache. Returns each step's logits
+    /// after its last token, exactly (bit for bit) what [`Self::forward_last`]
+    /// gives that sequence alone.
+    pub fn forward_batch(&self, steps: &mut [Step<'_>]) -> candle_core::Result<Vec<Vec<f32>>> {
+        for step in steps.iter() {
+            let end = step.pos + step.ids.len();
+            if step.ids.is_empty() || end > self.context {
+                candle_core::bail!("positions {}..{end} outside 1..={}", step.pos, self.context)
+            }
+            if step.ids.len() > self.prompt_chunk {
+                candle_core::bail!(
+                    "{} tokens in one step of a batch; at most {}",
+                    step.ids.len(),
+                    self.prompt_chunk
+                )
+            }
+            if let Some(id) = step
+                .ids
+                .iter()
+                .find(|&&id| id as usize >= self.embedding.rows())
+            {
+                candle_core::bail!("token id {id} is outside the vocabulary")
+            }
+        }
+        if steps.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.pool.install(|| {
+            let last = self.forward_steps(steps);
+            self.logits(&mut steps[0].cache.activations, &last)
+        }))
+    }
+
+    /// Every step's tokens through every block; returns each step's last
+    /// hidden state (`[step][hidden]`).
+    fn forward_steps(&self, steps: &mut [Step<'_>]) -> Vec<f32> {
         let h = &self.hparams;
         let w = h.wiring;
-        let t = ids.len();
+        // Each step's rows in the buffers.
+        let mut spans = Vec::with_capacity(steps.len());
+        let mut t = 0;
+        for step in steps.iter() {
+            spans.push(t..t + step.ids.len());
+            t += step.ids.len();
+        }
         let (q_width, kv_width) = (h.q_width(), h.kv_width());
         let qkv_width = q_width + 2 * kv_width;
         let mut b = Buffers {
@@ -527,20 +588,29 @@ impl Transformer {
             gate_up: vec![0.0; t * 2 * h.feed_forward],
             act: vec![0.0; t * h.feed_forward],
         };
+        let ids = steps.iter().flat_map(|s| s.ids.iter());
         for (x, &id) in b.x.chunks_exact_mut(h.hidden).zip(ids) {
             self.embedding.dequantize_row(id as usize, x);
             if let Some(scale) = self.embedding_scale {
                 x.iter_mut().for_each(|v| *v *= scale);
             }
         }
-        let global = rotations(&h.rope, pos, t);
+        // Rotations of every token, at its own sequence's position.
+        let table = |rope: &Rope| -> Vec<f32> {
+            steps
+                .iter()
+                .flat_map(|s| rotations(rope, s.pos, s.ids.len()))
+                .collect()
+        };
+        let global = table(&h.rope);
         let local = h
             .sliding_window
             .as_ref()
             .and_then(|s| s.rope.as_ref())
-            .map(|rope| rotations(rope, pos, t));
-        let acts = &mut cache.activations;
-        for (i, (block, layer)) in self.blocks.iter().zip(&mut cache.layers).enumerate() {
+            .map(table);
+        // The matrix products' scratch space is the first step's.
+        let mut acts = std::mem::take(&mut steps[0].cache.activations);
+        for (i, block) in self.blocks.iter().enumerate() {
             let rotation = match (&local, h.window(i)) {
                 (Some(local), Some(_)) => local,
                 _ => &global,
@@ -549,32 +619,38 @@ impl Transformer {
                 #[inline(always)]
                 || rms_norm(&b.x, &block.attn_norm, h.rms_eps, &mut b.normed),
             );
-            block.qkv.matmul(&b.normed, &mut b.qkv, acts);
-            vectorized(
-                #[inline(always)]
-                || {
-                    for (j, token) in b.qkv.chunks_exact_mut(qkv_width).enumerate() {
-                        if let Some(bias) = &block.qkv_bias {
-                            add(token, bias);
+            block.qkv.matmul(&b.normed, &mut b.qkv, &mut acts);
+            for (step, span) in steps.iter_mut().zip(&spans) {
+                let layer = &mut step.cache.layers[i];
+                let qkv = &mut b.qkv[span.start * qkv_width..span.end * qkv_width];
+                let rotation = &rotation[span.start * h.rope.dims..span.end * h.rope.dims];
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (j, token) in qkv.chunks_exact_mut(qkv_width).enumerate() {
+                            if let Some(bias) = &block.qkv_bias {
+                                add(token, bias);
+                            }
+                            let (q, kv) = token.split_at_mut(q_width);
+                            if let Some((q_norm, k_norm)) = &block.qk_norm {
+                                rms_norm_in_place(q, q_norm, h.rms_eps);
+                                rms_norm_in_place(&mut kv[..kv_width], k_norm, h.rms_eps);
+                            }
+                            let rotation = &rotation[j * h.rope.dims..][..h.rope.dims];
+                            for head in q.chunks_exact_mut(h.head_dim) {
+                                rotate(w.rope_style, head, rotation);
+                            }
+                            for head in kv[..kv_width].chunks_exact_mut(h.head_dim) {
+                                rotate(w.rope_style, head, rotation);
+                            }
+                            layer.store(h.head_dim, step.pos + j, kv);
                         }
-                        let (q, kv) = token.split_at_mut(q_width);
-                        if let Some((q_norm, k_norm)) = &block.qk_norm {
-                            rms_norm_in_place(q, q_norm, h.rms_eps);
-                            rms_norm_in_place(&mut kv[..kv_width], k_norm, h.rms_eps);
-                        }
-                        let rotation = &rotation[j * h.rope.dims..][..h.rope.dims];
-                        for head in q.chunks_exact_mut(h.head_dim) {
-                            rotate(w.rope_style, head, rotation);
-                        }
-                        for head in kv[..kv_width].chunks_exact_mut(h.head_dim) {
-                            rotate(w.rope_style, head, rotation);
-                        }
-                        layer.store(h.head_dim, pos + j, kv);
-                    }
-                },
-            );
-            layer.attend(h, &b.qkv, pos, &mut b.attn);
-            block.output.matmul(&b.attn, &mut b.projected, acts);
+                    },
+                );
+                let attn = &mut b.attn[span.start * q_width..span.end * q_width];
+                layer.attend(h, qkv, step.pos, attn);
+            }
+            block.output.matmul(&b.attn, &mut b.projected, &mut acts);
             vectorized(
                 #[inline(always)]
                 || {
@@ -585,9 +661,9 @@ impl Transformer {
                     rms_norm(&b.x, &block.ffn_norm, h.rms_eps, &mut b.normed);
                 },
             );
-            block.gate_up.matmul(&b.normed, &mut b.gate_up, acts);
+            block.gate_up.matmul(&b.normed, &mut b.gate_up, &mut acts);
             gated_activation(w.activation, h.feed_forward, &b.gate_up, &mut b.act);
-            block.down.matmul(&b.act, &mut b.projected, acts);
+            block.down.matmul(&b.act, &mut b.projected, &mut acts);
             vectorized(
                 #[inline(always)]
                 || {
@@ -598,18 +674,34 @@ impl Transformer {
                 },
             );
         }
-        b.x.split_off((t - 1) * h.hidden)
+        steps[0].cache.activations = acts;
+        spans
+            .iter()
+            .flat_map(|span| {
+                b.x[(span.end - 1) * h.hidden..span.end * h.hidden]
+                    .iter()
+                    .copied()
+            })
+            .collect()
     }
 
-    /// The logits of one hidden state.
-    fn logits(&self, cache: &mut KvCache, last: &[f32]) -> Vec<f32> {
+    /// The logits of each of `last`'s hidden states (`[state][hidden]`).
+    fn logits(&self, acts: &mut Activations, last: &[f32]) -> Vec<Vec<f32>> {
         let h = &self.hparams;
-        let mut normed = vec![0.0; h.hidden];
-        rms_norm(last, &self.output_norm, h.rms_eps, &mut normed);
+        let mut normed = vec![0.0; last.len()];
+        for (last, normed) in last
+            .chunks_exact(h.hidden)
+            .zip(normed.chunks_exact_mut(h.hidden))
+        {
+            rms_norm(last, &self.output_norm, h.rms_eps, normed);
+        }
         let output = self.output.as_ref().unwrap_or(&self.embedding);
-        let mut logits = vec![0.0; output.rows()];
-        output.matmul(&normed, &mut logits, &mut cache.activations);
+        let mut logits = vec![0.0; last.len() / h.hidden * output.rows()];
+        output.matmul(&normed, &mut logits, acts);
         logits
+            .chunks_exact(output.rows())
+            .map(<[f32]>::to_vec)
+            .collect()
     }
 }
 

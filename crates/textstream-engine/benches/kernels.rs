@@ -93,7 +93,8 @@ fn kernels(c: &mut Criterion) {
         .num_threads(threads)
         .build()
         .expect("pool");
-    let x: Vec<f32> = (0..PROMPT * FEED_FORWARD)
+    let widest = shape.map_or(FEED_FORWARD, |(_, cols)| cols.max(FEED_FORWARD));
+    let x: Vec<f32> = (0..PROMPT * widest)
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
         .collect();
     let mut scratch = Activations::new();
@@ -145,7 +146,10 @@ fn kernels(c: &mut Criterion) {
                     },
                 );
             }
-            let block = matrices(kind, tier, 1, false);
+            let block = match shape {
+                Some(_) => step.clone(),
+                None => matrices(kind, tier, 1, false),
+            };
             let mut outs: Vec<Vec<f32>> =
                 block.iter().map(|m| vec![0.0; PROMPT * m.rows()]).collect();
             let macs: usize = block.iter().map(|m| m.rows() * m.cols() * PROMPT).sum();

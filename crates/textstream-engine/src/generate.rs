@@ -170,7 +170,7 @@ pub fn run_generate(
     (stream, spawn_generate(model, prompt_ids, config, producer))
 }
 
-fn validate(
+pub(crate) fn validate(
     session: &Session,
     prompt_ids: &[u32],
     config: &GenerateConfig,
@@ -261,7 +261,7 @@ fn run(
 }
 
 /// The finish reason for a refused `put`, and whether the consumer left.
-fn closed_reason(closed: &Closed) -> (FinishReason, bool) {
+pub(crate) fn closed_reason(closed: &Closed) -> (FinishReason, bool) {
     match closed {
         Closed::Stopped => (FinishReason::StopString(String::new()), false),
         _ => (FinishReason::Stop, true),
@@ -273,7 +273,7 @@ fn closed_reason(closed: &Closed) -> (FinishReason, bool) {
 /// variants `generate` produces are copied exactly, so a consumer can
 /// downcast to `EngineError` (e.g. to answer 400 for a too-long prompt);
 /// anything else becomes [`EngineError::Inference`] with the same message.
-fn for_streamer(error: &EngineError) -> EngineError {
+pub(crate) fn for_streamer(error: &EngineError) -> EngineError {
     match error {
         EngineError::EmptyPrompt => EngineError::EmptyPrompt,
         EngineError::ContextOverflow {

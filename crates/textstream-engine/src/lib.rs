@@ -49,6 +49,7 @@ pub mod quant;
 #[cfg(not(feature = "test-support"))]
 mod quant;
 pub mod sampling;
+pub mod scheduler;
 pub mod template;
 #[cfg(feature = "test-support")]
 pub mod testing;

@@ -51,7 +51,9 @@ use std::sync::OnceLock;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-pub use layout::{QuantType, QUANT_TYPES};
+pub use layout::QuantType;
+#[cfg(any(test, feature = "test-support"))]
+pub use layout::QUANT_TYPES;
 use layout::{BLOCK, PAIR};
 
 /// Largest magnitude of a rounded activation (signed 8 bits, symmetric).
@@ -291,6 +293,7 @@ impl Matrix {
     }
 
     /// The kernels this matrix's products run on.
+    #[cfg(any(test, feature = "test-support"))]
     pub fn tier(&self) -> Tier {
         self.tier
     }

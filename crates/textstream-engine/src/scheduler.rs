@@ -1,0 +1,405 @@
+//! Continuous batching: one loop on its own thread owns a model and steps
+//! every running sequence together.
+//!
+//! Each step is one [`Session::forward_batch`]: a decode token for every
+//! sequence past its prompt, and the rest of a per-step token budget filled
+//! with prompt chunks of the sequences still prefilling (chunked prefill: a
+//! long prompt never stalls the streams already running). Requests join at
+//! the next step; a sequence leaves as soon as it ends: a stop id, its token
+//! limit, an error, or a streamer that answers [`Closed`] (the consumer left,
+//! or a stop string matched), which frees its slot within one step.
+//!
+//! A sequence behaves exactly as [`crate::generate::generate`] would run it
+//! alone, token for token: the same validation, prompt put, sampling (its own
+//! [`Sampler`] and seed), stop ids and finish reasons, and — because a
+//! batched forward pass gives each sequence bit for bit its own logits — the
+//! same tokens whatever else runs beside it.
+
+use std::collections::VecDeque;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use textstream::{FinishReason, Streamer};
+
+use crate::generate::{closed_reason, for_streamer, validate, GenerateConfig, GenerateOutput};
+use crate::model::{Model, Session};
+use crate::models::PROMPT_CHUNK;
+use crate::sampling::Sampler;
+use crate::EngineError;
+
+/// How a [`Scheduler`] shares its model between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Sequences that run at once; more wait in the queue. Each running
+    /// sequence holds a KV cache of the model's context.
+    pub max_batch: usize,
+    /// Requests that may wait for a slot beyond those running;
+    /// [`Scheduler::submit`] refuses more with [`SubmitError::QueueFull`].
+    pub max_waiting: usize,
+    /// Tokens one step runs at most: every decoding sequence's one token,
+    /// then prompt chunks up to this.
+    pub step_tokens: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 8,
+            max_waiting: 64,
+            step_tokens: 256,
+        }
+    }
+}
+
+/// Why [`Scheduler::submit`] did not take a request.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The queue holds [`SchedulerConfig::max_waiting`] requests already.
+    #[error("the queue is full: try again later")]
+    QueueFull,
+    /// The scheduler's loop has ended.
+    #[error("the scheduler has stopped")]
+    Stopped,
+}
+
+/// What a request's submitter gets back when its sequence ends.
+pub type Finished = Receiver<Result<GenerateOutput, EngineError>>;
+
+/// One request: what [`crate::generate::generate`] takes.
+struct Request {
+    prompt_ids: Vec<u32>,
+    config: GenerateConfig,
+    streamer: Box<dyn Streamer + Send>,
+    done: Sender<Result<GenerateOutput, EngineError>>,
+}
+
+/// Steps many sequences of one model together on its own thread (see the
+/// module docs). Dropping it lets the running sequences finish, then ends
+/// the loop.
+pub struct Scheduler {
+    requests: Option<SyncSender<Request>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Scheduler {
+    /// Starts the loop for `model`.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidConfig`] for a batch, queue or step budget of 0.
+    pub fn new(model: Arc<Model>, config: SchedulerConfig) -> Result<Self, EngineError> {
+        for (field, value) in [
+            ("max_batch", config.max_batch),
+            ("max_waiting", config.max_waiting),
+            ("step_tokens", config.step_tokens),
+        ] {
+            if value == 0 {
+                return Err(EngineError::InvalidConfig {
+                    field,
+                    reason: "must be at least 1".to_owned(),
+                });
+            }
+        }
+        let (requests, inbox) = mpsc::sync_channel(config.max_waiting);
+        let thread = std::thread::Builder::new()
+            .name("textstream-scheduler".to_owned())
+            .spawn(move || Loop::new(model, config, inbox).run())
+            .map_err(|e| EngineError::Inference {
+                message: format!("cannot start the scheduler's thread: {e}"),
+            })?;
+        Ok(Self {
+            requests: Some(requests),
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a generation of `prompt_ids` into `streamer`, as
+    /// [`crate::generate::generate`] would run it; the receiver gets its
+    /// result when it ends (errors are also reported to the streamer).
+    pub fn submit(
+        &self,
+        prompt_ids: Vec<u32>,
+        config: GenerateConfig,
+        streamer: Box<dyn Streamer + Send>,
+    ) -> Result<Finished, SubmitError> {
+        let (done, finished) = mpsc::channel();
+        let request = Request {
+            prompt_ids,
+            config,
+            streamer,
+            done,
+        };
+        let requests = self.requests.as_ref().ok_or(SubmitError::Stopped)?;
+        match requests.try_send(request) {
+            Ok(()) => Ok(finished),
+            Err(TrySendError::Full(_)) => Err(SubmitError::QueueFull),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Stopped),
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        drop(self.requests.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").finish_non_exhaustive()
+    }
+}
+
+/// A running sequence.
+struct Running {
+    request: Request,
+    session: Session,
+    sampler: Sampler,
+    /// Prompt tokens already run.
+    fed: usize,
+    tokens: Vec<u32>,
+    history: Vec<u32>,
+    stop_ids: Vec<u32>,
+    output: GenerateOutput,
+    started: Instant,
+    decode_started: Option<Instant>,
+}
+
+impl Running {
+    fn pos(&self) -> usize {
+        self.fed + self.tokens.len().saturating_sub(1)
+    }
+}
+
+/// The scheduler's thread.
+struct Loop {
+    model: Arc<Model>,
+    config: SchedulerConfig,
+    inbox: Receiver<Request>,
+    waiting: VecDeque<Request>,
+    running: Vec<Running>,
+    open: bool,
+}
+
+impl Loop {
+    fn new(model: Arc<Model>, config: SchedulerConfig, inbox: Receiver<Request>) -> Self {
+        Self {
+            model,
+            config,
+            inbox,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            open: true,
+        }
+    }
+
+    fn run(mut self) {
+        while self.open || !self.running.is_empty() || !self.waiting.is_empty() {
+            self.receive();
+            self.admit();
+            if !self.running.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    /// Takes as many arrived requests as there are free slots (the rest
+    /// wait in the bounded channel); waits for one when nothing runs.
+    fn receive(&mut self) {
+        if self.running.is_empty() && self.waiting.is_empty() && self.open {
+            match self.inbox.recv() {
+                Ok(request) => self.waiting.push_back(request),
+                Err(_) => self.open = false,
+            }
+        }
+        while self.open && self.running.len() + self.waiting.len() < self.config.max_batch {
+            match self.inbox.try_recv() {
+                Ok(request) => self.waiting.push_back(request),
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => self.open = false,
+            }
+        }
+    }
+
+    /// Starts waiting requests while there are free slots.
+    fn admit(&mut self) {
+        while self.running.len() < self.config.max_batch {
+            let Some(mut request) = self.waiting.pop_front() else {
+                break;
+            };
+            let started = Instant::now();
+            let session = self.model.session();
+            let admitted = validate(&session, &request.prompt_ids, &request.config)
+                .and_then(|()| Sampler::new(request.config.sampling.clone()));
+            let sampler = match admitted {
+                Ok(sampler) => sampler,
+                Err(error) => {
+                    request.streamer.fail(Box::new(for_streamer(&error)));
+                    let _ = request.done.send(Err(error));
+                    continue;
+                }
+            };
+            let mut output = GenerateOutput {
+                tokens: Vec::new(),
+                finish_reason: FinishReason::Stop,
+                consumer_gone: false,
+                timings: Default::default(),
+            };
+            output.timings.prompt_tokens = request.prompt_ids.len();
+            if let Err(closed) = request.streamer.put(&request.prompt_ids) {
+                let (reason, gone) = closed_reason(&closed);
+                output.finish_reason = reason;
+                output.consumer_gone = gone;
+                let _ = request.done.send(Ok(output));
+                continue;
+            }
+            let stop_ids = match request.config.ignore_stop_ids {
+                true => Vec::new(),
+                false => session.stop_ids().to_vec(),
+            };
+            self.running.push(Running {
+                history: request.prompt_ids.clone(),
+                request,
+                session,
+                sampler,
+                fed: 0,
+                tokens: Vec::new(),
+                stop_ids,
+                output,
+                started,
+                decode_started: None,
+            });
+        }
+    }
+
+    /// One forward pass of every running sequence, then each one's token.
+    fn step(&mut self) {
+        // Decoding sequences first (one token each), then prompt chunks in
+        // the order the sequences arrived, within the step's budget.
+        let mut budget = self.config.step_tokens;
+        let mut inputs: Vec<(usize, Vec<u32>, usize)> = Vec::new();
+        for (i, seq) in self.running.iter().enumerate() {
+            if seq.fed == seq.request.prompt_ids.len() {
+                let last = *seq.tokens.last().expect("a decoding sequence has a token");
+                inputs.push((i, vec![last], seq.pos()));
+                budget = budget.saturating_sub(1);
+            }
+        }
+        for (i, seq) in self.running.iter().enumerate() {
+            let prompt = &seq.request.prompt_ids;
+            if seq.fed < prompt.len() && (budget > 0 || inputs.is_empty()) {
+                let take = (prompt.len() - seq.fed)
+                    .min(PROMPT_CHUNK)
+                    .min(budget.max(1));
+                inputs.push((i, prompt[seq.fed..seq.fed + take].to_vec(), seq.fed));
+                budget = budget.saturating_sub(take);
+            }
+        }
+        inputs.sort_by_key(|(i, _, _)| *i);
+        let results = {
+            let mut picked = inputs.iter().map(|(i, _, _)| *i).peekable();
+            let mut steps: Vec<(&mut Session, &[u32], usize)> = Vec::with_capacity(inputs.len());
+            let mut ids = inputs.iter();
+            for (i, seq) in self.running.iter_mut().enumerate() {
+                if picked.peek() == Some(&i) {
+                    picked.next();
+                    let (_, ids, pos) = ids.next().expect("one input per picked sequence");
+                    steps.push((&mut seq.session, ids, *pos));
+                }
+            }
+            Session::forward_batch(&mut steps)
+        };
+        let mut ended = vec![false; self.running.len()];
+        match results {
+            Ok(logits) => {
+                for ((i, ids, _), mut logits) in inputs.iter().zip(logits) {
+                    let seq = &mut self.running[*i];
+                    if seq.fed < seq.request.prompt_ids.len() {
+                        seq.fed += ids.len();
+                        if seq.fed < seq.request.prompt_ids.len() {
+                            continue;
+                        }
+                        seq.output.timings.prefill = seq.started.elapsed();
+                        seq.decode_started = Some(Instant::now());
+                    } else {
+                        seq.output.timings.decode_steps += 1;
+                    }
+                    ended[*i] = Self::pick(seq, &mut logits);
+                }
+            }
+            Err(error) => {
+                // A failed pass fails every sequence in it.
+                for (i, _, _) in &inputs {
+                    let seq = &mut self.running[*i];
+                    seq.request.streamer.fail(Box::new(for_streamer(&error)));
+                    let _ = seq.request.done.send(Err(for_streamer(&error)));
+                    ended[*i] = true;
+                }
+            }
+        }
+        let mut index = 0;
+        self.running.retain(|_| {
+            index += 1;
+            !ended[index - 1]
+        });
+    }
+
+    /// Samples `seq`'s next token from `logits` and puts it; whether the
+    /// sequence has ended (its result then sent).
+    fn pick(seq: &mut Running, logits: &mut [f32]) -> bool {
+        let picked = match seq.sampler.sample(logits, &seq.history) {
+            Ok(picked) => picked,
+            Err(error) => {
+                seq.request.streamer.fail(Box::new(for_streamer(&error)));
+                let _ = seq.request.done.send(Err(error));
+                return true;
+            }
+        };
+        if seq.tokens.is_empty() {
+            seq.output.timings.ttft = seq.started.elapsed();
+        }
+        let end = if seq.stop_ids.contains(&picked.id) {
+            seq.request.streamer.finish(FinishReason::Stop);
+            Some((FinishReason::Stop, false))
+        } else {
+            seq.tokens.push(picked.id);
+            seq.history.push(picked.id);
+            match seq
+                .request
+                .streamer
+                .put_token(picked.id, Some(picked.logprob))
+            {
+                Err(closed) => Some(closed_reason(&closed)),
+                Ok(()) if seq.tokens.len() >= seq.request.config.max_new_tokens => {
+                    seq.request.streamer.finish(FinishReason::Length);
+                    Some((FinishReason::Length, false))
+                }
+                Ok(()) => None,
+            }
+        };
+        let Some((reason, gone)) = end else {
+            return false;
+        };
+        let mut output = std::mem::replace(
+            &mut seq.output,
+            GenerateOutput {
+                tokens: Vec::new(),
+                finish_reason: FinishReason::Stop,
+                consumer_gone: false,
+                timings: Default::default(),
+            },
+        );
+        output.finish_reason = reason;
+        output.consumer_gone = gone;
+        output.timings.decode = seq.decode_started.map(|t| t.elapsed()).unwrap_or_default();
+        output.timings.generated = seq.tokens.len();
+        output.tokens = std::mem::take(&mut seq.tokens);
+        let _ = seq.request.done.send(Ok(output));
+        true
+    }
+}

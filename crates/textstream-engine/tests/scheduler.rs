@@ -1,0 +1,278 @@
+//! The continuous-batching scheduler on a tiny random model: requests run
+//! together give what each gives alone through `generate`, token for token;
+//! sequences leave as they end; the queue is bounded; bad requests fail alone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use textstream::{Closed, FinishReason};
+use textstream_engine::generate::{generate, GenerateConfig};
+use textstream_engine::model::Model;
+use textstream_engine::sampling::SamplingConfig;
+use textstream_engine::scheduler::{Scheduler, SchedulerConfig, SubmitError};
+use textstream_engine::testing::{Recorder, TinyModel};
+use textstream_engine::EngineError;
+
+/// The tiny model, written once per test process and shared.
+fn model() -> Arc<Model> {
+    static MODEL: std::sync::OnceLock<Arc<Model>> = std::sync::OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path: PathBuf = std::env::temp_dir()
+                .join(format!("textstream-scheduler-{}.gguf", std::process::id()));
+            TinyModel::default().write(&path).expect("write");
+            let model = Model::load(&path).expect("load");
+            let _ = std::fs::remove_file(&path);
+            Arc::new(model)
+        })
+        .clone()
+}
+
+/// Ids cycling through the tiny vocabulary's ordinary tokens.
+fn prompt(len: usize, offset: u32) -> Vec<u32> {
+    (0..len as u32)
+        .map(|i| 3 + (i * 37 + offset) % 250)
+        .collect()
+}
+
+/// One request of a property case.
+#[derive(Debug, Clone)]
+struct Case {
+    len: usize,
+    offset: u32,
+    max_new_tokens: usize,
+    temperature: f32,
+    seed: u64,
+}
+
+fn cases() -> impl Strategy<Value = Vec<Case>> {
+    proptest::collection::vec(
+        (
+            1usize..60,
+            0u32..250,
+            1usize..20,
+            prop_oneof![Just(0.0f32), 0.5f32..1.5],
+            0u64..1000,
+        )
+            .prop_map(|(len, offset, max_new_tokens, temperature, seed)| Case {
+                len,
+                offset,
+                max_new_tokens,
+                temperature,
+                seed,
+            }),
+        1..10,
+    )
+}
+
+fn config(case: &Case) -> GenerateConfig {
+    GenerateConfig {
+        max_new_tokens: case.max_new_tokens,
+        sampling: SamplingConfig {
+            temperature: case.temperature,
+            seed: case.seed,
+            ..SamplingConfig::default()
+        },
+        ..GenerateConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+
+    /// Random requests (greedy and seeded sampling, prompts chunked by a
+    /// small step budget, more requests than slots) get exactly what each
+    /// gets alone.
+    #[test]
+    fn batched_requests_get_what_they_get_alone(
+        cases in cases(),
+        max_batch in 1usize..5,
+        step_tokens in 1usize..40,
+    ) {
+        let model = model();
+        let scheduler = Scheduler::new(
+            Arc::clone(&model),
+            SchedulerConfig { max_batch, max_waiting: 16, step_tokens },
+        ).expect("scheduler");
+        let submitted: Vec<_> = cases
+            .iter()
+            .map(|case| {
+                let recorder = Recorder::new();
+                let done = scheduler
+                    .submit(prompt(case.len, case.offset), config(case), Box::new(recorder.clone()))
+                    .expect("submit");
+                (recorder, done)
+            })
+            .collect();
+        for (case, (recorder, done)) in cases.iter().zip(submitted) {
+            let got = done.recv().expect("a result").expect("generated");
+            let mut alone = Recorder::new();
+            let want = generate(&mut model.session(), &prompt(case.len, case.offset), &config(case), &mut alone)
+                .expect("alone");
+            prop_assert_eq!(&got.tokens, &want.tokens, "{:?}", case);
+            prop_assert_eq!(&got.finish_reason, &want.finish_reason);
+            let (got_stream, want_stream) = (recorder.recording(), alone.recording());
+            prop_assert_eq!(got_stream.tokens, want_stream.tokens);
+            prop_assert_eq!(got_stream.logprobs, want_stream.logprobs);
+            prop_assert_eq!(got_stream.finish, want_stream.finish);
+        }
+    }
+}
+
+#[test]
+fn a_consumer_that_leaves_frees_its_slot_and_the_others_go_on() {
+    let model = model();
+    let scheduler = Scheduler::new(
+        Arc::clone(&model),
+        SchedulerConfig {
+            max_batch: 2,
+            ..SchedulerConfig::default()
+        },
+    )
+    .expect("scheduler");
+    let long = GenerateConfig {
+        max_new_tokens: 30,
+        ignore_stop_ids: true,
+        ..GenerateConfig::default()
+    };
+    let leaving = Recorder::refusing_after(3, Closed::ConsumerGone);
+    let left = scheduler
+        .submit(prompt(10, 1), long.clone(), Box::new(leaving.clone()))
+        .expect("submit");
+    let staying = scheduler
+        .submit(prompt(12, 2), long.clone(), Box::new(Recorder::new()))
+        .expect("submit");
+    // A third waits for a slot: the one the leaving consumer frees.
+    let third = scheduler
+        .submit(prompt(8, 3), long, Box::new(Recorder::new()))
+        .expect("submit");
+    let left = left.recv().expect("result").expect("ok");
+    assert!(left.consumer_gone);
+    assert_eq!(left.tokens.len(), 4, "stopped at the first refused token");
+    assert_eq!(leaving.recording().refused, 1, "no token after the refusal");
+    assert_eq!(leaving.recording().finish, None, "nobody to finish for");
+    for done in [staying, third] {
+        let out = done.recv().expect("result").expect("ok");
+        assert_eq!(out.finish_reason, FinishReason::Length);
+        assert_eq!(out.tokens.len(), 30);
+    }
+}
+
+#[test]
+fn bad_requests_fail_alone() {
+    let model = model();
+    let scheduler = Scheduler::new(Arc::clone(&model), SchedulerConfig::default()).expect("s");
+    let empty = Recorder::new();
+    let failed = scheduler
+        .submit(
+            Vec::new(),
+            GenerateConfig::default(),
+            Box::new(empty.clone()),
+        )
+        .expect("submit");
+    let short = GenerateConfig {
+        max_new_tokens: 16,
+        ..GenerateConfig::default()
+    };
+    let fine = scheduler
+        .submit(prompt(5, 0), short, Box::new(Recorder::new()))
+        .expect("submit");
+    let too_long = scheduler
+        .submit(
+            prompt(10, 0),
+            GenerateConfig {
+                max_new_tokens: model.context_length(),
+                ..GenerateConfig::default()
+            },
+            Box::new(Recorder::new()),
+        )
+        .expect("submit");
+    assert!(matches!(
+        failed.recv().expect("result"),
+        Err(EngineError::EmptyPrompt)
+    ));
+    assert!(empty.recording().failure.is_some(), "the streamer is told");
+    assert!(matches!(
+        too_long.recv().expect("result"),
+        Err(EngineError::ContextOverflow { .. })
+    ));
+    assert!(fine.recv().expect("result").is_ok());
+}
+
+/// A streamer whose first `put` waits until the test opens it: it holds
+/// the scheduler's loop still.
+#[derive(Clone, Default)]
+struct Gate(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    fn open(&self) {
+        *self.0 .0.lock().expect("lock") = true;
+        self.0 .1.notify_all();
+    }
+}
+
+impl textstream::Streamer for Gate {
+    fn put(&mut self, _: &[u32]) -> Result<(), Closed> {
+        let (open, wake) = &*self.0;
+        let guard = open.lock().expect("lock");
+        drop(wake.wait_while(guard, |open| !*open).expect("wait"));
+        Ok(())
+    }
+    fn finish(&mut self, _: FinishReason) {}
+    fn fail(&mut self, _: Box<dyn std::error::Error + Send + Sync>) {}
+}
+
+#[test]
+fn the_queue_is_bounded_and_zero_sizes_are_refused() {
+    let model = model();
+    // One slot and one waiting place; the first request holds the loop.
+    let scheduler = Scheduler::new(
+        Arc::clone(&model),
+        SchedulerConfig {
+            max_batch: 1,
+            max_waiting: 1,
+            step_tokens: 8,
+        },
+    )
+    .expect("scheduler");
+    let short = GenerateConfig {
+        max_new_tokens: 4,
+        ..GenerateConfig::default()
+    };
+    let gate = Gate::default();
+    let first = scheduler
+        .submit(prompt(4, 0), short.clone(), Box::new(gate.clone()))
+        .expect("submit");
+    // The loop takes the first off the queue, then waits in its `put`.
+    let second = loop {
+        match scheduler.submit(prompt(4, 1), short.clone(), Box::new(Recorder::new())) {
+            Ok(done) => break done,
+            Err(SubmitError::QueueFull) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(matches!(
+        scheduler.submit(prompt(4, 2), short.clone(), Box::new(Recorder::new())),
+        Err(SubmitError::QueueFull)
+    ));
+    gate.open();
+    assert!(first.recv().expect("result").is_ok());
+    assert!(second.recv().expect("result").is_ok());
+    for zero in [
+        SchedulerConfig {
+            max_batch: 0,
+            ..SchedulerConfig::default()
+        },
+        SchedulerConfig {
+            step_tokens: 0,
+            ..SchedulerConfig::default()
+        },
+    ] {
+        assert!(matches!(
+            Scheduler::new(Arc::clone(&model), zero),
+            Err(EngineError::InvalidConfig { .. })
+        ));
+    }
+}

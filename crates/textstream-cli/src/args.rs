@@ -151,10 +151,11 @@ pub struct ServeArgs {
     pub port: u16,
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Worker threads, each generating one request at a time.
-    #[arg(long, default_value_t = textstream_server::DEFAULT_WORKERS)]
+    /// Requests generated at once, stepped together by one scheduler
+    /// (continuous batching: each forward pass reads the weights once for all).
+    #[arg(long, visible_alias = "max-batch", default_value_t = textstream_server::DEFAULT_WORKERS)]
     pub workers: usize,
-    /// Requests that may wait for a worker before new ones get 429.
+    /// Requests that may wait for a free slot before new ones get 429.
     #[arg(long, default_value_t = textstream_server::DEFAULT_MAX_QUEUE)]
     pub max_queue: usize,
 }

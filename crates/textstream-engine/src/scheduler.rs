@@ -6,8 +6,10 @@
 //! with prompt chunks of the sequences still prefilling (chunked prefill: a
 //! long prompt never stalls the streams already running). Requests join at
 //! the next step; a sequence leaves as soon as it ends: a stop id, its token
-//! limit, an error, or a streamer that answers [`Closed`] (the consumer left,
-//! or a stop string matched), which frees its slot within one step.
+//! limit, an error, or a streamer that answers [`textstream::Closed`] (the
+//! consumer left, or a stop string matched), which frees its slot within one
+//! step. A panic in a step ends the sequences then running with an error;
+//! the loop goes on.
 //!
 //! A sequence behaves exactly as [`crate::generate::generate`] would run it
 //! alone, token for token: the same validation, prompt put, sampling (its own
@@ -16,6 +18,7 @@
 //! same tokens whatever else runs beside it.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -183,6 +186,9 @@ struct Loop {
     inbox: Receiver<Request>,
     waiting: VecDeque<Request>,
     running: Vec<Running>,
+    /// Sessions of ended sequences, kept for the next ones: a session's KV
+    /// cache is allocated once, not per request.
+    idle: Vec<Session>,
     open: bool,
 }
 
@@ -194,6 +200,7 @@ impl Loop {
             inbox,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            idle: Vec::new(),
             open: true,
         }
     }
@@ -201,9 +208,22 @@ impl Loop {
     fn run(mut self) {
         while self.open || !self.running.is_empty() || !self.waiting.is_empty() {
             self.receive();
-            self.admit();
-            if !self.running.is_empty() {
-                self.step();
+            let stepped = catch_unwind(AssertUnwindSafe(|| {
+                self.admit();
+                if !self.running.is_empty() {
+                    self.step();
+                }
+            }));
+            if stepped.is_err() {
+                // The running sequences' state is unknown: end them with an
+                // error, and go on serving the others.
+                for mut seq in self.running.drain(..) {
+                    let error = || EngineError::Inference {
+                        message: "the scheduler's step panicked".to_owned(),
+                    };
+                    seq.request.streamer.fail(Box::new(error()));
+                    let _ = seq.request.done.send(Err(error()));
+                }
             }
         }
     }
@@ -233,7 +253,7 @@ impl Loop {
                 break;
             };
             let started = Instant::now();
-            let session = self.model.session();
+            let session = self.idle.pop().unwrap_or_else(|| self.model.session());
             let admitted = validate(&session, &request.prompt_ids, &request.config)
                 .and_then(|()| Sampler::new(request.config.sampling.clone()));
             let sampler = match admitted {
@@ -241,6 +261,7 @@ impl Loop {
                 Err(error) => {
                     request.streamer.fail(Box::new(for_streamer(&error)));
                     let _ = request.done.send(Err(error));
+                    self.idle.push(session);
                     continue;
                 }
             };
@@ -256,6 +277,7 @@ impl Loop {
                 output.finish_reason = reason;
                 output.consumer_gone = gone;
                 let _ = request.done.send(Ok(output));
+                self.idle.push(session);
                 continue;
             }
             let stop_ids = match request.config.ignore_stop_ids {
@@ -342,11 +364,16 @@ impl Loop {
                 }
             }
         }
-        let mut index = 0;
-        self.running.retain(|_| {
-            index += 1;
-            !ended[index - 1]
-        });
+        for (i, seq) in std::mem::take(&mut self.running).into_iter().enumerate() {
+            match ended[i] {
+                true => {
+                    let mut session = seq.session;
+                    session.reset();
+                    self.idle.push(session);
+                }
+                false => self.running.push(seq),
+            }
+        }
     }
 
     /// Samples `seq`'s next token from `logits` and puts it; whether the

@@ -1,5 +1,6 @@
 //! A bounded load test on loopback, run by hand, not in CI: K concurrent
-//! streaming clients against a server in this process with two workers.
+//! streaming clients against a server in this process, its scheduler
+//! running up to the server's default batch of requests at once.
 //!
 //! Every client asks `/v1/completions` for a streamed answer with a seed of
 //! its own; afterwards its non-streamed twin (same prompt, same seed) asks
@@ -7,7 +8,7 @@
 //! duplicated under load. The report gives peak RSS (`VmHWM`, of this whole
 //! process: server *and* clients, so an upper bound on the server's), tokens
 //! per second, time to first token (p50, p99; it includes the wait for a
-//! worker, which dominates with K ≫ workers) and wall time.
+//! slot, which dominates with K ≫ the batch) and wall time.
 //!
 //! ```sh
 //! # 1,000 streams against the tiny random model (the default)
@@ -19,7 +20,7 @@
 //! Options (or environment variables): `--clients K` (`LOAD_CLIENTS`,
 //! default 1000), `--model tiny|smollm2` (`LOAD_MODEL`, default tiny),
 //! `--max-tokens N` (`LOAD_MAX_TOKENS`, default 32), `--workers W`
-//! (`LOAD_WORKERS`, default 2). Each stream holds two sockets (client and
+//! (`LOAD_WORKERS`: requests generated at once, default the server's). Each stream holds two sockets (client and
 //! server end), so `ulimit -n` must exceed 2K; the bench checks and says so.
 //! It exits with status 1 when any stream is lost or differs from its twin.
 
@@ -37,8 +38,8 @@ use textstream_server::{serve, AppState, ServerConfig};
 const DEFAULT_CLIENTS: usize = 1000;
 /// Tokens per answer by default; fits the tiny model's 128-token context.
 const DEFAULT_MAX_TOKENS: u32 = 32;
-/// Workers by default: one per core of the target machine.
-const DEFAULT_WORKERS: usize = 2;
+/// Runtime threads: one per core of the target machine.
+const RUNTIME_THREADS: usize = 2;
 /// Sampling temperature: above zero, so the seed matters and a stream that
 /// got another request's tokens would show.
 const TEMPERATURE: f64 = 0.8;
@@ -91,7 +92,11 @@ impl Options {
             clients: number("--clients", "LOAD_CLIENTS", DEFAULT_CLIENTS)?,
             model: get("--model", "LOAD_MODEL").unwrap_or_else(|| "tiny".to_owned()),
             max_tokens: u32::try_from(max_tokens).map_err(|_| "--max-tokens too large")?,
-            workers: number("--workers", "LOAD_WORKERS", DEFAULT_WORKERS)?,
+            workers: number(
+                "--workers",
+                "LOAD_WORKERS",
+                textstream_server::DEFAULT_WORKERS,
+            )?,
         })
     }
 
@@ -417,9 +422,9 @@ fn main() -> ExitCode {
         }
     };
     // Two runtime threads: the target machine has 2 cores, which the
-    // workers share with the runtime.
+    // scheduler's matrix products share with the runtime.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(DEFAULT_WORKERS)
+        .worker_threads(RUNTIME_THREADS)
         .enable_all()
         .build()
     {

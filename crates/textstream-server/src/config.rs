@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-/// Worker threads by default: each holds one KV cache, so this is how many
-/// requests generate at the same time.
-pub const DEFAULT_WORKERS: usize = 2;
+/// Requests that generate at once by default, stepped together by one
+/// scheduler (each holds one KV cache of the model's context).
+pub const DEFAULT_WORKERS: usize = 8;
 
-/// Requests that may wait for a worker by default; one more gets `429`.
+/// Requests that may wait for a free slot by default; one more gets `429`.
 pub const DEFAULT_MAX_QUEUE: usize = 16;
 
 /// Largest request body by default, in bytes (1 MiB): far more than any
@@ -21,9 +21,11 @@ pub const DEFAULT_MODEL_NAME: &str = "textstream";
 /// and the model name [`DEFAULT_MODEL_NAME`].
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Worker threads, each generating one request at a time; at least 1.
+    /// Requests that generate at once, all in each forward pass of the
+    /// scheduler (continuous batching); at least 1. (The name is from when
+    /// each was a worker thread of its own.)
     pub workers: usize,
-    /// Requests that may wait for a free worker; when it is full, new
+    /// Requests that may wait for a free slot; when it is full, new
     /// requests get `429 Too Many Requests` with `Retry-After`.
     pub max_queue: usize,
     /// Largest request body in bytes; larger ones get `413`.

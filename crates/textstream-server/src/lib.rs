@@ -1,8 +1,9 @@
 //! textstream-server: an OpenAI-compatible HTTP server that streams text from
 //! a [`textstream_engine`] model.
 //!
-//! [`AppState`] holds the model, a pool of worker threads (each with its own
-//! KV cache, all sharing the weights) behind a bounded queue, and the
+//! [`AppState`] holds the model, a continuous-batching scheduler (one loop
+//! stepping every running request together, each with its own KV cache, the
+//! weights read once per step for all) behind a bounded queue, and the
 //! [`Metrics`]. [`app`] builds the routes; [`serve`] runs them on a listener
 //! until a shutdown future resolves, letting streams in flight finish.
 //!

@@ -1,25 +1,32 @@
-//! The worker pool: OS threads that each own one [`Session`] (shared
-//! weights, own KV cache) and take generation jobs from one bounded queue.
+//! Generation for every request through one continuous-batching
+//! [`Scheduler`]: its loop steps all running requests together, each
+//! forward pass reading the weights once for all of them
+//! (`ServerConfig::workers` of them at most; the rest wait in a bounded
+//! queue).
 //!
-//! Handlers never wait for a worker: [`WorkerPool::submit`] either queues the
-//! job or answers [`ApiError::QueueFull`] at once. A job carries the
-//! [`StreamProducer`] half of the request's token stream; when the client
-//! leaves, the handler drops the consumer half, the next `put` fails and the
-//! worker moves on to the next job within one token. A job whose client left
-//! while it waited is skipped without running the model.
+//! Handlers never wait: [`Batcher::submit`] either queues the job or answers
+//! [`ApiError::QueueFull`] at once. A job carries the [`StreamProducer`]
+//! half of the request's token stream; when the client leaves, the handler
+//! drops the consumer half, the next `put` fails and the scheduler drops the
+//! sequence within one step. A job whose client left while it waited is
+//! dropped when its turn comes, without running the model.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use textstream::{Closed, FinishReason, StreamProducer, Streamer};
-use textstream_engine::generate::{generate, GenerateConfig};
-use textstream_engine::model::{Model, Session};
+use textstream_engine::generate::GenerateConfig;
+use textstream_engine::model::Model;
+use textstream_engine::scheduler::{Scheduler, SchedulerConfig, SubmitError};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+
+/// Tokens one scheduler step runs at most: every running request's next
+/// token, then prompt chunks up to this (a long prompt is prefilled over
+/// several steps instead of stalling the others' streams for its length).
+const STEP_TOKENS: usize = 256;
 
 /// One request's generation.
 #[derive(Debug)]
@@ -32,146 +39,99 @@ pub(crate) struct Job {
     pub producer: StreamProducer,
 }
 
-/// The threads and the sending end of their queue. Dropping the pool closes
-/// the queue: each worker finishes its job and exits.
+/// The scheduler and the counters it keeps. Dropping it closes the queue:
+/// the running requests finish, then the loop exits.
 #[derive(Debug)]
-pub(crate) struct WorkerPool {
-    sender: SyncSender<Job>,
-    metrics: Arc<Metrics>,
-}
-
-impl WorkerPool {
-    /// Starts `workers` threads (at least one) behind a queue of `max_queue` jobs.
-    pub fn start(
-        model: Arc<Model>,
-        workers: usize,
-        max_queue: usize,
-        metrics: Arc<Metrics>,
-        token_delay: Option<Duration>,
-    ) -> std::io::Result<Self> {
-        let (sender, receiver) = sync_channel(max_queue);
-        let receiver = Arc::new(Mutex::new(receiver));
-        for index in 0..workers.max(1) {
-            let worker = Worker {
-                model: Arc::clone(&model),
-                receiver: Arc::clone(&receiver),
-                metrics: Arc::clone(&metrics),
-                token_delay,
-            };
-            std::thread::Builder::new()
-                .name(format!("textstream-worker-{index}"))
-                .spawn(move || worker.run())?;
-        }
-        Ok(Self { sender, metrics })
-    }
-
-    /// Queues `job`, or says why not at once.
-    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
-        // Counted before sending so a fast worker never takes it below zero.
-        self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
-        self.sender.try_send(job).map_err(|error| {
-            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            match error {
-                TrySendError::Full(_) => ApiError::QueueFull,
-                TrySendError::Disconnected(_) => ApiError::Unavailable,
-            }
-        })
-    }
-}
-
-/// What one worker thread owns.
-struct Worker {
-    model: Arc<Model>,
-    receiver: Arc<Mutex<Receiver<Job>>>,
+pub(crate) struct Batcher {
+    scheduler: Scheduler,
     metrics: Arc<Metrics>,
     token_delay: Option<Duration>,
 }
 
-impl Worker {
-    /// Takes jobs until the queue closes.
-    fn run(self) {
-        let mut session = self.model.session();
-        loop {
-            // The lock is held only while waiting, so exactly one idle worker
-            // waits on the queue and the others wait on the lock.
-            let job = self
-                .receiver
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .recv();
-            let Ok(job) = job else { return };
-            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-            if job.producer.is_consumer_gone() {
-                self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            self.metrics.busy_workers.fetch_add(1, Ordering::Relaxed);
-            let healthy = self.generate(&mut session, job);
-            self.metrics.busy_workers.fetch_sub(1, Ordering::Relaxed);
-            if !healthy {
-                // A panic may have left the KV cache half-written: start over.
-                session = self.model.session();
-            }
-        }
+impl Batcher {
+    /// Starts the scheduler: `max_batch` requests at once (at least one),
+    /// `max_queue` more waiting.
+    pub fn start(
+        model: Arc<Model>,
+        max_batch: usize,
+        max_queue: usize,
+        metrics: Arc<Metrics>,
+        token_delay: Option<Duration>,
+    ) -> std::io::Result<Self> {
+        let config = SchedulerConfig {
+            max_batch: max_batch.max(1),
+            max_waiting: max_queue.max(1),
+            step_tokens: STEP_TOKENS,
+        };
+        let scheduler = Scheduler::new(model, config).map_err(std::io::Error::other)?;
+        Ok(Self {
+            scheduler,
+            metrics,
+            token_delay,
+        })
     }
 
-    /// Runs one job; false when it panicked. The producer is dropped here in
-    /// every case, so a panic ends the client's stream with an error.
-    fn generate(&self, session: &mut Session, job: Job) -> bool {
-        let Job {
-            prompt_ids,
-            config,
-            producer,
-        } = job;
-        let mut streamer = Paced {
-            inner: producer,
+    /// Queues `job`, or says why not at once.
+    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        // Counted before sending so a fast scheduler never takes it below zero.
+        self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
+        let streamer = Metered {
+            inner: job.producer,
             delay: self.token_delay,
+            metrics: Arc::clone(&self.metrics),
+            admitted: false,
         };
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            generate(session, &prompt_ids, &config, &mut streamer)
-        }));
-        match result {
-            Ok(Ok(output)) => {
-                let tokens = u64::try_from(output.tokens.len()).unwrap_or(u64::MAX);
-                self.metrics
-                    .tokens_generated
-                    .fetch_add(tokens, Ordering::Relaxed);
-                if output.consumer_gone {
-                    self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-                }
-                true
-            }
-            Ok(Err(error)) => {
-                // Already reported to the stream by `generate`.
-                tracing::warn!(%error, "generation failed");
-                self.metrics.failed.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            Err(_) => {
-                tracing::error!("generation panicked");
-                self.metrics.failed.fetch_add(1, Ordering::Relaxed);
-                false
-            }
-        }
+        let submitted = self
+            .scheduler
+            .submit(job.prompt_ids, job.config, Box::new(streamer));
+        // The result also reaches the stream; the counters are kept by `Metered`.
+        submitted.map(drop).map_err(|error| match error {
+            SubmitError::QueueFull => ApiError::QueueFull,
+            SubmitError::Stopped => ApiError::Unavailable,
+        })
     }
 }
 
-/// The producer, optionally sleeping before each generated token (tests).
-struct Paced {
+/// The producer, counting what happens to its request for `/metrics`, and
+/// optionally sleeping before each generated token (tests).
+struct Metered {
     inner: StreamProducer,
     delay: Option<Duration>,
+    metrics: Arc<Metrics>,
+    /// The scheduler started the request (its prompt was put).
+    admitted: bool,
 }
 
-impl Streamer for Paced {
+impl Metered {
+    fn count_closed(&self, result: Result<(), Closed>) -> Result<(), Closed> {
+        if let Err(Closed::ConsumerGone | Closed::Ended) = result {
+            self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl Streamer for Metered {
     fn put(&mut self, ids: &[u32]) -> Result<(), Closed> {
-        self.inner.put(ids)
+        if !self.admitted {
+            // The prompt: the request left the queue and runs.
+            self.admitted = true;
+            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.busy_workers.fetch_add(1, Ordering::Relaxed);
+        }
+        let result = self.inner.put(ids);
+        self.count_closed(result)
     }
 
     fn put_token(&mut self, id: u32, logprob: Option<f32>) -> Result<(), Closed> {
         if let Some(delay) = self.delay {
             std::thread::sleep(delay);
         }
-        self.inner.put_token(id, logprob)
+        self.metrics
+            .tokens_generated
+            .fetch_add(1, Ordering::Relaxed);
+        let result = self.inner.put_token(id, logprob);
+        self.count_closed(result)
     }
 
     fn finish(&mut self, reason: FinishReason) {
@@ -179,6 +139,19 @@ impl Streamer for Paced {
     }
 
     fn fail(&mut self, error: Box<dyn std::error::Error + Send + Sync>) {
+        tracing::warn!(%error, "generation failed");
+        self.metrics.failed.fetch_add(1, Ordering::Relaxed);
         self.inner.fail(error);
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        // The scheduler drops a request's streamer when it ends, or never
+        // started it (a bad request, a shutdown).
+        match self.admitted {
+            true => self.metrics.busy_workers.fetch_sub(1, Ordering::Relaxed),
+            false => self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed),
+        };
     }
 }

@@ -1,5 +1,5 @@
 //! What every handler shares: [`AppState`] (model, detokenizer, config,
-//! worker pool, metrics), cheap to clone.
+//! the batching scheduler, metrics), cheap to clone.
 
 use std::sync::Arc;
 
@@ -8,12 +8,12 @@ use textstream_engine::model::Model;
 
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::pool::WorkerPool;
+use crate::pool::Batcher;
 
-/// The server's shared state: one model, its workers and counters.
+/// The server's shared state: one model, its scheduler and counters.
 ///
-/// Dropping the last clone closes the job queue; the workers finish their
-/// current job and exit.
+/// Dropping the last clone closes the job queue; the scheduler finishes the
+/// running requests and exits.
 #[derive(Debug, Clone)]
 pub struct AppState {
     inner: Arc<Shared>,
@@ -25,19 +25,20 @@ struct Shared {
     /// Built once with the model; each stream clones the handle.
     detokenizer: Detokenizer,
     config: ServerConfig,
-    pool: WorkerPool,
+    pool: Batcher,
     metrics: Arc<Metrics>,
 }
 
 impl AppState {
-    /// Starts `config.workers` worker threads for `model`.
+    /// Starts the scheduler for `model`, running up to `config.workers`
+    /// requests at once.
     ///
     /// # Errors
     ///
     /// When the operating system cannot start a thread.
     pub fn new(model: Arc<Model>, config: ServerConfig) -> std::io::Result<Self> {
         let metrics = Arc::new(Metrics::default());
-        let pool = WorkerPool::start(
+        let pool = Batcher::start(
             Arc::clone(&model),
             config.workers,
             config.max_queue,
@@ -74,7 +75,7 @@ impl AppState {
         self.inner.detokenizer.clone()
     }
 
-    pub(crate) fn pool(&self) -> &WorkerPool {
+    pub(crate) fn pool(&self) -> &Batcher {
         &self.inner.pool
     }
 }

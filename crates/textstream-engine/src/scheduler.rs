@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -70,6 +71,43 @@ pub enum SubmitError {
 /// What a request's submitter gets back when its sequence ends.
 pub type Finished = Receiver<Result<GenerateOutput, EngineError>>;
 
+/// What a [`Scheduler`] is doing, updated by its loop (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    running: AtomicU64,
+    steps: AtomicU64,
+    step_sequences: AtomicU64,
+    step_tokens: AtomicU64,
+    last_sequences: AtomicU64,
+}
+
+impl SchedulerStats {
+    /// Sequences running now (holding a session).
+    pub fn running(&self) -> u64 {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// Forward passes so far.
+    pub fn steps(&self) -> u64 {
+        self.steps.load(Ordering::Relaxed)
+    }
+
+    /// Sequences summed over every pass (÷ [`Self::steps`]: the mean batch).
+    pub fn step_sequences(&self) -> u64 {
+        self.step_sequences.load(Ordering::Relaxed)
+    }
+
+    /// Tokens summed over every pass, prompt chunks included.
+    pub fn step_tokens(&self) -> u64 {
+        self.step_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Sequences in the latest pass.
+    pub fn last_sequences(&self) -> u64 {
+        self.last_sequences.load(Ordering::Relaxed)
+    }
+}
+
 /// One request: what [`crate::generate::generate`] takes.
 struct Request {
     prompt_ids: Vec<u32>,
@@ -84,6 +122,7 @@ struct Request {
 pub struct Scheduler {
     requests: Option<SyncSender<Request>>,
     thread: Option<JoinHandle<()>>,
+    stats: Arc<SchedulerStats>,
 }
 
 impl Scheduler {
@@ -106,16 +145,24 @@ impl Scheduler {
             }
         }
         let (requests, inbox) = mpsc::sync_channel(config.max_waiting);
+        let stats = Arc::new(SchedulerStats::default());
+        let shared = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("textstream-scheduler".to_owned())
-            .spawn(move || Loop::new(model, config, inbox).run())
+            .spawn(move || Loop::new(model, config, inbox, shared).run())
             .map_err(|e| EngineError::Inference {
                 message: format!("cannot start the scheduler's thread: {e}"),
             })?;
         Ok(Self {
             requests: Some(requests),
             thread: Some(thread),
+            stats,
         })
+    }
+
+    /// What the loop is doing.
+    pub fn stats(&self) -> &Arc<SchedulerStats> {
+        &self.stats
     }
 
     /// Queues a generation of `prompt_ids` into `streamer`, as
@@ -190,10 +237,16 @@ struct Loop {
     /// cache is allocated once, not per request.
     idle: Vec<Session>,
     open: bool,
+    stats: Arc<SchedulerStats>,
 }
 
 impl Loop {
-    fn new(model: Arc<Model>, config: SchedulerConfig, inbox: Receiver<Request>) -> Self {
+    fn new(
+        model: Arc<Model>,
+        config: SchedulerConfig,
+        inbox: Receiver<Request>,
+        stats: Arc<SchedulerStats>,
+    ) -> Self {
         Self {
             model,
             config,
@@ -202,6 +255,7 @@ impl Loop {
             running: Vec::new(),
             idle: Vec::new(),
             open: true,
+            stats,
         }
     }
 
@@ -214,6 +268,9 @@ impl Loop {
                     self.step();
                 }
             }));
+            self.stats
+                .running
+                .store(self.running.len() as u64, Ordering::Relaxed);
             if stepped.is_err() {
                 // The running sequences' state is unknown: end them with an
                 // error, and go on serving the others.
@@ -323,6 +380,18 @@ impl Loop {
             }
         }
         inputs.sort_by_key(|(i, _, _)| *i);
+        let tokens: usize = inputs.iter().map(|(_, ids, _)| ids.len()).sum();
+        let stats = &self.stats;
+        stats.steps.fetch_add(1, Ordering::Relaxed);
+        stats
+            .step_sequences
+            .fetch_add(inputs.len() as u64, Ordering::Relaxed);
+        stats
+            .step_tokens
+            .fetch_add(tokens as u64, Ordering::Relaxed);
+        stats
+            .last_sequences
+            .store(inputs.len() as u64, Ordering::Relaxed);
         let results = {
             let mut picked = inputs.iter().map(|(i, _, _)| *i).peekable();
             let mut steps: Vec<(&mut Session, &[u32], usize)> = Vec::with_capacity(inputs.len());

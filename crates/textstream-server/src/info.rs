@@ -8,6 +8,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::metrics::render_scheduler;
 use crate::state::AppState;
 
 /// Prometheus' text exposition format.
@@ -22,7 +23,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Json<Value> {
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
-        state.metrics().render(),
+        state.metrics().render() + &render_scheduler(state.pool().stats()),
     )
 }
 

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use textstream_engine::scheduler::SchedulerStats;
+
 /// Upper bounds of the time-to-first-token histogram buckets, in seconds:
 /// from a warm tiny model (milliseconds) to a long prompt on a CPU (seconds).
 pub const TTFT_BUCKETS_SECS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -99,13 +101,13 @@ impl Metrics {
             (
                 "textstream_queue_depth",
                 "gauge",
-                "Requests waiting for a worker.",
+                "Requests waiting for a slot in the scheduler.",
                 &self.queue_depth,
             ),
             (
                 "textstream_busy_workers",
                 "gauge",
-                "Workers now generating.",
+                "Requests now generating (sequences the scheduler runs).",
                 &self.busy_workers,
             ),
             (
@@ -150,6 +152,45 @@ impl Metrics {
         let _ = writeln!(out, "{name}_count {cumulative}");
         out
     }
+}
+
+/// The scheduler's figures in Prometheus text: sequences in its latest
+/// forward pass, passes, and sequences and tokens summed over the passes
+/// (the mean batch is their ratio to the passes).
+pub(crate) fn render_scheduler(stats: &SchedulerStats) -> String {
+    let mut out = String::new();
+    let figures: [(&str, &str, &str, u64); 4] = [
+        (
+            "textstream_batch_sequences",
+            "gauge",
+            "Sequences in the scheduler's latest forward pass.",
+            stats.last_sequences(),
+        ),
+        (
+            "textstream_scheduler_steps_total",
+            "counter",
+            "Forward passes of the scheduler.",
+            stats.steps(),
+        ),
+        (
+            "textstream_scheduler_step_sequences_total",
+            "counter",
+            "Sequences summed over the forward passes.",
+            stats.step_sequences(),
+        ),
+        (
+            "textstream_scheduler_step_tokens_total",
+            "counter",
+            "Tokens summed over the forward passes, prompt chunks included.",
+            stats.step_tokens(),
+        ),
+    ];
+    for (name, kind, help, value) in figures {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
 }
 
 /// Counts one active stream while it lives; dropping it (the response ended

@@ -18,7 +18,7 @@ use std::time::Duration;
 use textstream::{Closed, FinishReason, StreamProducer, Streamer};
 use textstream_engine::generate::GenerateConfig;
 use textstream_engine::model::Model;
-use textstream_engine::scheduler::{Scheduler, SchedulerConfig, SubmitError};
+use textstream_engine::scheduler::{Scheduler, SchedulerConfig, SchedulerStats, SubmitError};
 
 use crate::error::ApiError;
 use crate::metrics::Metrics;
@@ -69,6 +69,11 @@ impl Batcher {
             metrics,
             token_delay,
         })
+    }
+
+    /// What the scheduler is doing.
+    pub fn stats(&self) -> &SchedulerStats {
+        self.scheduler.stats()
     }
 
     /// Queues `job`, or says why not at once.

@@ -244,6 +244,9 @@ async fn models_health_and_metrics() {
         metrics.contains("textstream_time_to_first_token_seconds_count 1"),
         "{metrics}"
     );
+    // Its 3 tokens took 3 of the scheduler's passes (the prompt's gave the first).
+    assert_eq!(server.metric("textstream_scheduler_steps_total").await, 3.0);
+    assert!(metrics.contains("textstream_batch_sequences "), "{metrics}");
     assert_eq!(
         server.metric("textstream_tokens_generated_total").await,
         3.0

@@ -162,10 +162,11 @@ pub fn rotate(style: RopeStyle, head: &mut [f32], rotation: &[f32]) {
 /// prompt chunk.
 #[derive(Debug)]
 pub struct LayerCache {
-    /// `[kv_heads][slots / KEY_TILE][head_dim][KEY_TILE]`.
-    keys: Vec<f32>,
-    /// `[kv_heads][slots][head_dim]`.
-    values: Vec<f32>,
+    /// Per KV head, `[slots / KEY_TILE][head_dim][KEY_TILE]`, grown a tile
+    /// at a time as positions are written.
+    keys: Vec<Vec<f32>>,
+    /// Per KV head, `[slots][head_dim]`, grown with the keys.
+    values: Vec<Vec<f32>>,
     /// Slots per KV head (a multiple of [`KEY_TILE`]); position `p` lives
     /// in slot `p % slots`.
     slots: usize,
@@ -185,13 +186,14 @@ impl LayerCache {
         positions.div_ceil(KEY_TILE) * KEY_TILE
     }
 
-    /// An empty cache (zeroed memory, backed by the system as it is written).
+    /// An empty cache; it takes memory as positions are written, up to
+    /// [`Self::bytes`] (a session holds what its longest sequence used,
+    /// not the whole context).
     pub fn new(h: &Hparams, context: usize, window: Option<usize>, chunk: usize) -> Self {
-        let slots = Self::slots(context, window, chunk);
         Self {
-            keys: vec![0.0; h.kv_heads * slots * h.head_dim],
-            values: vec![0.0; h.kv_heads * slots * h.head_dim],
-            slots,
+            keys: vec![Vec::new(); h.kv_heads],
+            values: vec![Vec::new(); h.kv_heads],
+            slots: Self::slots(context, window, chunk),
             window,
         }
     }
@@ -201,16 +203,21 @@ impl LayerCache {
     pub fn store(&mut self, head_dim: usize, position: usize, kv: &[f32]) {
         let kv_width = kv.len() / 2;
         let slot = position % self.slots;
-        let tiles = self.slots / KEY_TILE;
         let (tile, lane) = (slot / KEY_TILE, slot % KEY_TILE);
-        for head in 0..kv_width / head_dim {
+        // Whole tiles, so that attention may read a tile past the last key.
+        let needed = (tile + 1) * KEY_TILE * head_dim;
+        for (head, (keys, values)) in self.keys.iter_mut().zip(&mut self.values).enumerate() {
+            if keys.len() < needed {
+                keys.resize(needed, 0.0);
+                values.resize(needed, 0.0);
+            }
             let key = &kv[head * head_dim..][..head_dim];
-            let tile_start = (head * tiles + tile) * head_dim * KEY_TILE;
+            let tile_start = tile * head_dim * KEY_TILE;
             for (d, &k) in key.iter().enumerate() {
-                self.keys[tile_start + d * KEY_TILE + lane] = k;
+                keys[tile_start + d * KEY_TILE + lane] = k;
             }
             let value = &kv[kv_width + head * head_dim..][..head_dim];
-            self.values[(head * self.slots + slot) * head_dim..][..head_dim].copy_from_slice(value);
+            values[slot * head_dim..][..head_dim].copy_from_slice(value);
         }
     }
 
@@ -259,7 +266,6 @@ impl LayerCache {
                 groups.push(first..tasks.len());
             }
         }
-        let head_span = self.slots * h.head_dim;
         let mut partial_outs = vec![0.0f32; tasks.len() * group_width];
         let partials: Vec<Partial> = partial_outs
             .par_chunks_mut(group_width)
@@ -267,8 +273,8 @@ impl LayerCache {
             .map_init(Vec::new, |scores, (out, (i, kv_head, range))| {
                 let queries = &qkv[i * qkv_width + kv_head * group_width..][..group_width];
                 let span = AttendRange {
-                    keys: &self.keys[kv_head * head_span..][..head_span],
-                    values: &self.values[kv_head * head_span..][..head_span],
+                    keys: &self.keys[*kv_head],
+                    values: &self.values[*kv_head],
                     start: range.start,
                     end: range.end,
                 };

@@ -476,7 +476,23 @@ impl Session {
             Ok(Err(e)) => Err(EngineError::Inference {
                 message: e.to_string(),
             }),
-            Err(message) => Err(EngineError::Inference { message }),
+            Err(message) => {
+                for (session, _, _) in steps.iter_mut() {
+                    session.reset();
+                }
+                Err(EngineError::Inference { message })
+            }
+        }
+    }
+
+    /// How many of `prompt`'s first tokens this session's cache already
+    /// holds exactly as running them again would compute them: a sequence
+    /// may start there (see [`Transformer::reusable_prefix`]). Always 0 for
+    /// candle's backend.
+    pub fn reusable_prefix(&self, prompt: &[u32]) -> usize {
+        match &self.state {
+            State::Native { weights, cache } => weights.reusable_prefix(cache, prompt),
+            State::Candle(_) => 0,
         }
     }
 
@@ -506,8 +522,9 @@ impl Session {
     pub fn reset(&mut self) {
         match &mut self.state {
             State::Candle(weights) => weights.clear_kv_cache(),
-            // Positions are written before they are read: nothing to clear.
-            State::Native { .. } => {}
+            // Positions are written before they are read: only what the
+            // cache holds is forgotten, so that nothing is reused from it.
+            State::Native { cache, .. } => cache.forget(),
         }
     }
 

@@ -11,6 +11,11 @@
 //! step. A panic in a step ends the sequences then running with an error;
 //! the loop goes on.
 //!
+//! Sessions of ended sequences are kept (one per slot) with their KV caches:
+//! a request whose prompt begins with what one of them ran (the earlier
+//! turns of a chat, a shared system prompt) takes that session and starts
+//! past the common prefix, so a follow-up turn costs only its new tokens.
+//!
 //! A sequence behaves exactly as [`crate::generate::generate`] would run it
 //! alone, token for token: the same validation, prompt put, sampling (its own
 //! [`Sampler`] and seed), stop ids and finish reasons, and — because a
@@ -79,6 +84,7 @@ pub struct SchedulerStats {
     step_sequences: AtomicU64,
     step_tokens: AtomicU64,
     last_sequences: AtomicU64,
+    reused_tokens: AtomicU64,
 }
 
 impl SchedulerStats {
@@ -105,6 +111,12 @@ impl SchedulerStats {
     /// Sequences in the latest pass.
     pub fn last_sequences(&self) -> u64 {
         self.last_sequences.load(Ordering::Relaxed)
+    }
+
+    /// Prompt tokens not run again because a session still held them
+    /// (prefix-cache hits, in tokens).
+    pub fn reused_tokens(&self) -> u64 {
+        self.reused_tokens.load(Ordering::Relaxed)
     }
 }
 
@@ -310,7 +322,16 @@ impl Loop {
                 break;
             };
             let started = Instant::now();
-            let session = self.idle.pop().unwrap_or_else(|| self.model.session());
+            // The idle session holding the longest reusable prefix of the
+            // prompt (an earlier turn of the same chat, a shared system
+            // prompt): the sequence starts past it.
+            let best = (0..self.idle.len())
+                .max_by_key(|&i| self.idle[i].reusable_prefix(&request.prompt_ids));
+            let session = match best {
+                Some(i) => self.idle.swap_remove(i),
+                None => self.model.session(),
+            };
+            let reused = session.reusable_prefix(&request.prompt_ids);
             let admitted = validate(&session, &request.prompt_ids, &request.config)
                 .and_then(|()| Sampler::new(request.config.sampling.clone()));
             let sampler = match admitted {
@@ -341,12 +362,15 @@ impl Loop {
                 true => Vec::new(),
                 false => session.stop_ids().to_vec(),
             };
+            self.stats
+                .reused_tokens
+                .fetch_add(reused as u64, Ordering::Relaxed);
             self.running.push(Running {
                 history: request.prompt_ids.clone(),
                 request,
                 session,
                 sampler,
-                fed: 0,
+                fed: reused,
                 tokens: Vec::new(),
                 stop_ids,
                 output,
@@ -427,6 +451,7 @@ impl Loop {
                 // A failed pass fails every sequence in it.
                 for (i, _, _) in &inputs {
                     let seq = &mut self.running[*i];
+                    seq.session.reset();
                     seq.request.streamer.fail(Box::new(for_streamer(&error)));
                     let _ = seq.request.done.send(Err(for_streamer(&error)));
                     ended[*i] = true;
@@ -435,11 +460,8 @@ impl Loop {
         }
         for (i, seq) in std::mem::take(&mut self.running).into_iter().enumerate() {
             match ended[i] {
-                true => {
-                    let mut session = seq.session;
-                    session.reset();
-                    self.idle.push(session);
-                }
+                // Its cache stays: a later prompt may begin with its tokens.
+                true => self.idle.push(seq.session),
                 false => self.running.push(seq),
             }
         }

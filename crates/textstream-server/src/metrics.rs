@@ -155,11 +155,11 @@ impl Metrics {
 }
 
 /// The scheduler's figures in Prometheus text: sequences in its latest
-/// forward pass, passes, and sequences and tokens summed over the passes
-/// (the mean batch is their ratio to the passes).
+/// forward pass, passes, sequences and tokens summed over the passes (the
+/// mean batch is their ratio to the passes), and prompt tokens reused.
 pub(crate) fn render_scheduler(stats: &SchedulerStats) -> String {
     let mut out = String::new();
-    let figures: [(&str, &str, &str, u64); 4] = [
+    let figures: [(&str, &str, &str, u64); 5] = [
         (
             "textstream_batch_sequences",
             "gauge",
@@ -183,6 +183,12 @@ pub(crate) fn render_scheduler(stats: &SchedulerStats) -> String {
             "counter",
             "Tokens summed over the forward passes, prompt chunks included.",
             stats.step_tokens(),
+        ),
+        (
+            "textstream_prefix_cache_reused_tokens_total",
+            "counter",
+            "Prompt tokens not run again: a session still held them.",
+            stats.reused_tokens(),
         ),
     ];
     for (name, kind, help, value) in figures {

@@ -145,6 +145,8 @@ pub struct Transformer {
 pub struct KvCache {
     layers: Vec<LayerCache>,
     activations: Activations,
+    /// The ids whose keys and values the layers hold, by position.
+    tokens: Vec<u32>,
 }
 
 /// One sequence's part of a batched forward pass
@@ -158,6 +160,14 @@ pub struct Step<'a> {
     pub ids: &'a [u32],
     /// The position of `ids[0]`.
     pub pos: usize,
+}
+
+impl KvCache {
+    /// Forgets which ids the cache holds: nothing will be reused from it
+    /// (its memory stays, and positions are written before they are read).
+    pub fn forget(&mut self) {
+        self.tokens.clear();
+    }
 }
 
 /// What one forward pass computes, sized for its tokens.
@@ -497,6 +507,36 @@ impl Transformer {
                 .map(|i| LayerCache::new(h, self.context, h.window(i), self.prompt_chunk))
                 .collect(),
             activations: Activations::new(),
+            tokens: Vec::new(),
+        }
+    }
+
+    /// How many of `prompt`'s first tokens `cache` already holds, exactly as
+    /// running them again would compute them (so a sequence may start past
+    /// them): the common prefix of the ids it ran and `prompt`, all but
+    /// `prompt`'s last token (whose logits are needed), and none where a
+    /// windowed layer's ring has since overwritten keys the prefix needs.
+    pub fn reusable_prefix(&self, cache: &KvCache, prompt: &[u32]) -> usize {
+        let common = cache
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len().saturating_sub(1));
+        let written = cache.tokens.len();
+        let h = &self.hparams;
+        let overwritten = (0..h.blocks).any(|i| match h.window(i) {
+            Some(window) => {
+                let slots = LayerCache::slots(self.context, Some(window), self.prompt_chunk);
+                written - common + window > slots
+            }
+            None => false,
+        });
+        if overwritten {
+            0
+        } else {
+            common
         }
     }
 
@@ -608,6 +648,10 @@ impl Transformer {
             .as_ref()
             .and_then(|s| s.rope.as_ref())
             .map(table);
+        for step in steps.iter_mut() {
+            step.cache.tokens.truncate(step.pos);
+            step.cache.tokens.extend_from_slice(step.ids);
+        }
         // The matrix products' scratch space is the first step's.
         let mut acts = std::mem::take(&mut steps[0].cache.activations);
         for (i, block) in self.blocks.iter().enumerate() {

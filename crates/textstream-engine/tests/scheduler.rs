@@ -30,6 +30,24 @@ fn model() -> Arc<Model> {
         .clone()
 }
 
+/// A scheduler running two sequences at once.
+fn two_at_once(model: &Arc<Model>) -> Scheduler {
+    let config = SchedulerConfig {
+        max_batch: 2,
+        ..SchedulerConfig::default()
+    };
+    Scheduler::new(Arc::clone(model), config).expect("scheduler")
+}
+
+/// Exactly `tokens` tokens, stop ids or not.
+fn exactly(tokens: usize) -> GenerateConfig {
+    GenerateConfig {
+        max_new_tokens: tokens,
+        ignore_stop_ids: true,
+        ..GenerateConfig::default()
+    }
+}
+
 /// Ids cycling through the tiny vocabulary's ordinary tokens.
 fn prompt(len: usize, offset: u32) -> Vec<u32> {
     (0..len as u32)
@@ -125,19 +143,8 @@ proptest! {
 #[test]
 fn a_consumer_that_leaves_frees_its_slot_and_the_others_go_on() {
     let model = model();
-    let scheduler = Scheduler::new(
-        Arc::clone(&model),
-        SchedulerConfig {
-            max_batch: 2,
-            ..SchedulerConfig::default()
-        },
-    )
-    .expect("scheduler");
-    let long = GenerateConfig {
-        max_new_tokens: 30,
-        ignore_stop_ids: true,
-        ..GenerateConfig::default()
-    };
+    let scheduler = two_at_once(&model);
+    let long = exactly(30);
     let leaving = Recorder::refusing_after(3, Closed::ConsumerGone);
     let left = scheduler
         .submit(prompt(10, 1), long.clone(), Box::new(leaving.clone()))
@@ -281,19 +288,8 @@ fn the_queue_is_bounded_and_zero_sizes_are_refused() {
 #[test]
 fn a_follow_up_turn_runs_only_its_new_tokens() {
     let model = model();
-    let scheduler = Scheduler::new(
-        Arc::clone(&model),
-        SchedulerConfig {
-            max_batch: 2,
-            ..SchedulerConfig::default()
-        },
-    )
-    .expect("scheduler");
-    let answer = GenerateConfig {
-        max_new_tokens: 5,
-        ignore_stop_ids: true,
-        ..GenerateConfig::default()
-    };
+    let scheduler = two_at_once(&model);
+    let answer = exactly(5);
     let first_turn = prompt(30, 7);
     let first = scheduler
         .submit(

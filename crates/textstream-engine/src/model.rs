@@ -496,6 +496,15 @@ impl Session {
         }
     }
 
+    /// How many positions this session's cache holds from its last
+    /// sequence (0 for candle's backend).
+    pub fn cached_tokens(&self) -> usize {
+        match &self.state {
+            State::Native { cache, .. } => cache.len(),
+            State::Candle(_) => 0,
+        }
+    }
+
     /// Checks that `ids` at positions `pos..` fit in the context and the
     /// vocabulary: the one check of a forward pass's input, which
     /// [`crate::generate`] also runs on a prompt before any work.

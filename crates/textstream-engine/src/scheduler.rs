@@ -245,8 +245,8 @@ struct Loop {
     inbox: Receiver<Request>,
     waiting: VecDeque<Request>,
     running: Vec<Running>,
-    /// Sessions of ended sequences, kept for the next ones: a session's KV
-    /// cache is allocated once, not per request.
+    /// Sessions of ended sequences, kept for the next ones (at most
+    /// `max_batch` sessions in all, running or idle).
     idle: Vec<Session>,
     open: bool,
     stats: Arc<SchedulerStats>,
@@ -325,11 +325,22 @@ impl Loop {
             // The idle session holding the longest reusable prefix of the
             // prompt (an earlier turn of the same chat, a shared system
             // prompt): the sequence starts past it.
-            let best = (0..self.idle.len())
-                .max_by_key(|&i| self.idle[i].reusable_prefix(&request.prompt_ids));
+            // Among equals, the one whose cache loses least; while slots
+            // remain, a new session rather than one whose cache would be
+            // partly lost (another conversation may come back to it).
+            let best = self
+                .idle
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let reuse = s.reusable_prefix(&request.prompt_ids);
+                    (i, reuse, s.cached_tokens() - reuse)
+                })
+                .max_by_key(|&(_, reuse, lost)| (reuse, std::cmp::Reverse(lost)));
+            let room = self.running.len() + self.idle.len() < self.config.max_batch;
             let session = match best {
-                Some(i) => self.idle.swap_remove(i),
-                None => self.model.session(),
+                Some((i, _, lost)) if lost == 0 || !room => self.idle.swap_remove(i),
+                _ => self.model.session(),
             };
             let reused = session.reusable_prefix(&request.prompt_ids);
             let admitted = validate(&session, &request.prompt_ids, &request.config)

@@ -163,6 +163,16 @@ pub struct Step<'a> {
 }
 
 impl KvCache {
+    /// Positions the cache holds.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether it holds no position.
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
     /// Forgets which ids the cache holds: nothing will be reused from it
     /// (its memory stays, and positions are written before they are read).
     pub fn forget(&mut self) {

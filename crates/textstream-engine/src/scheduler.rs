@@ -326,8 +326,8 @@ impl Loop {
             // prompt (an earlier turn of the same chat, a shared system
             // prompt): the sequence starts past it.
             // Among equals, the one whose cache loses least; while slots
-            // remain, a new session rather than one whose cache would be
-            // partly lost (another conversation may come back to it).
+            // remain, a new session rather than one whose cache would lose
+            // more than it gives (another conversation may come back to it).
             let best = self
                 .idle
                 .iter()
@@ -339,7 +339,7 @@ impl Loop {
                 .max_by_key(|&(_, reuse, lost)| (reuse, std::cmp::Reverse(lost)));
             let room = self.running.len() + self.idle.len() < self.config.max_batch;
             let session = match best {
-                Some((i, _, lost)) if lost == 0 || !room => self.idle.swap_remove(i),
+                Some((i, reuse, lost)) if reuse >= lost || !room => self.idle.swap_remove(i),
                 _ => self.model.session(),
             };
             let reused = session.reusable_prefix(&request.prompt_ids);

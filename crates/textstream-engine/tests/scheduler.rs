@@ -325,4 +325,18 @@ fn a_follow_up_turn_runs_only_its_new_tokens() {
     )
     .expect("alone");
     assert_eq!(second.tokens, alone.tokens, "reuse changes no token");
+    // The same request again, with a slot free for a new session: the cache
+    // that holds it is still taken (its answer is all it loses).
+    let before = scheduler.stats().reused_tokens();
+    let third = scheduler
+        .submit(follow_up.clone(), answer, Box::new(Recorder::new()))
+        .expect("submit")
+        .recv()
+        .expect("result")
+        .expect("ok");
+    assert_eq!(
+        scheduler.stats().reused_tokens() - before,
+        (follow_up.len() - 1) as u64
+    );
+    assert_eq!(third.tokens, alone.tokens);
 }

@@ -739,28 +739,28 @@ impl Segment {
             } => {
                 let w = &bytes[first_row * row_bytes..][..n * row_bytes];
                 let count = tile.len() / n;
-                let whole = count - count % TOKENS_PER_TASK;
-                for t in (0..whole).step_by(TOKENS_PER_TASK) {
+                // Tokens by fours, then a pair, then one alone.
+                let mut t = 0;
+                while count - t >= TOKENS_PER_TASK {
                     let xs: [Pairs; TOKENS_PER_TASK] =
                         std::array::from_fn(|k| act.token(first + t + k));
-                    let tile = &mut tile[t * n..];
+                    let out = &mut tile[t * n..][..TOKENS_PER_TASK * n];
                     with_type!(
                         *kind,
-                        quant_prompt::<F>(
-                            m.tier,
-                            w,
-                            *row_bytes,
-                            n,
-                            &xs,
-                            &mut |r, dots: [f32; TOKENS_PER_TASK]| {
-                                for (k, dot) in dots.into_iter().enumerate() {
-                                    tile[k * n + r] = dot;
-                                }
-                            }
-                        )
+                        quant_tokens::<F, TOKENS_PER_TASK>(m.tier, w, *row_bytes, n, &xs, out)
                     );
+                    t += TOKENS_PER_TASK;
                 }
-                for t in whole..count {
+                if count - t >= 2 {
+                    let xs: [Pairs; 2] = std::array::from_fn(|k| act.token(first + t + k));
+                    let out = &mut tile[t * n..][..2 * n];
+                    with_type!(
+                        *kind,
+                        quant_tokens::<F, 2>(m.tier, w, *row_bytes, n, &xs, out)
+                    );
+                    t += 2;
+                }
+                if t < count {
                     let xs = [act.token(first + t)];
                     let out = &mut tile[t * n..][..n];
                     with_type!(*kind, quant_rows::<F>(m.tier, w, *row_bytes, out, &xs));
@@ -800,30 +800,31 @@ fn quant_rows<const F: u8>(
     }
 }
 
-/// Every one of `rows` rows of `w` against [`TOKENS_PER_TASK`] tokens, each
-/// pair of weights unpacked once for all of them; `write(row, dots)`.
-fn quant_prompt<const F: u8>(
+/// Every one of `rows` rows of `w` against `T` tokens, each pair of weights
+/// unpacked once for all of them: `out[k * rows + r]` for token `k`, row `r`.
+fn quant_tokens<const F: u8, const T: usize>(
     tier: Tier,
     w: &[u8],
     row_bytes: usize,
     rows: usize,
-    xs: &[Pairs; TOKENS_PER_TASK],
-    write: &mut dyn FnMut(usize, [f32; TOKENS_PER_TASK]),
+    xs: &[Pairs; T],
+    out: &mut [f32],
 ) {
     let whole = rows - rows % PROMPT_ROWS_AT_ONCE;
+    let mut write = |r: usize, dots: [f32; T]| {
+        for (k, dot) in dots.into_iter().enumerate() {
+            out[k * rows + r] = dot;
+        }
+    };
     for r in (0..whole).step_by(PROMPT_ROWS_AT_ONCE) {
-        let dots: [_; PROMPT_ROWS_AT_ONCE] = kernel::<F, PROMPT_ROWS_AT_ONCE, TOKENS_PER_TASK>(
-            tier,
-            &w[r * row_bytes..],
-            row_bytes,
-            xs,
-        );
+        let dots: [_; PROMPT_ROWS_AT_ONCE] =
+            kernel::<F, PROMPT_ROWS_AT_ONCE, T>(tier, &w[r * row_bytes..], row_bytes, xs);
         for (i, dots) in dots.into_iter().enumerate() {
             write(r + i, dots);
         }
     }
     for r in whole..rows {
-        let [dots] = kernel::<F, 1, TOKENS_PER_TASK>(tier, &w[r * row_bytes..], row_bytes, xs);
+        let [dots] = kernel::<F, 1, T>(tier, &w[r * row_bytes..], row_bytes, xs);
         write(r, dots);
     }
 }

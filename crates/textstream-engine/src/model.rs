@@ -410,38 +410,19 @@ impl Session {
                 State::Native { weights, cache } => weights.forward_last(cache, ids, pos),
             }
         });
-        match result {
-            Ok(Ok(logits)) => Ok(logits),
-            Ok(Err(e)) => Err(EngineError::Inference {
-                message: e.to_string(),
-            }),
-            Err(message) => {
-                // The cache may hold half an update; start over next time.
-                self.reset();
-                Err(EngineError::Inference { message })
-            }
-        }
+        inference(result, || self.reset())
     }
 
     /// One forward pass of several sessions of one model at once: each
     /// `(session, ids, pos)` as [`Self::forward_last`] would run it (at most
-    /// [`models::PROMPT_CHUNK`] ids each), the weights read once for all of
-    /// them. Each session's logits are bit for bit those it would get alone.
+    /// [`models::PROMPT_CHUNK`] ids each, or an error), the weights read
+    /// once for all of them. Each session's logits are bit for bit those it would get alone.
     /// Sessions of candle's backend run one after the other.
     pub fn forward_batch(
         steps: &mut [(&mut Session, &[u32], usize)],
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         for (session, ids, pos) in steps.iter() {
             session.check_input(ids, *pos)?;
-            if ids.len() > models::PROMPT_CHUNK {
-                return Err(EngineError::Inference {
-                    message: format!(
-                        "{} tokens in one step of a batch; at most {}",
-                        ids.len(),
-                        models::PROMPT_CHUNK
-                    ),
-                });
-            }
         }
         if steps
             .iter()
@@ -471,18 +452,13 @@ impl Session {
         let Some(weights) = weights else {
             return Ok(Vec::new());
         };
-        match guarded("running the model", || weights.forward_batch(&mut native)) {
-            Ok(Ok(logits)) => Ok(logits),
-            Ok(Err(e)) => Err(EngineError::Inference {
-                message: e.to_string(),
-            }),
-            Err(message) => {
-                for (session, _, _) in steps.iter_mut() {
-                    session.reset();
-                }
-                Err(EngineError::Inference { message })
+        let result = guarded("running the model", || weights.forward_batch(&mut native));
+        drop(native);
+        inference(result, || {
+            for (session, _, _) in steps.iter_mut() {
+                session.reset();
             }
-        }
+        })
     }
 
     /// How many of `prompt`'s first tokens this session's cache already
@@ -550,6 +526,25 @@ impl Session {
     /// Rows of the token embedding: valid ids are below this.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+}
+
+/// A guarded forward pass's result as the engine's: candle's errors and
+/// panics become [`EngineError::Inference`]; after a panic, `reset` runs
+/// first (a cache may hold half an update: start over next time).
+fn inference<T>(
+    result: Result<candle_core::Result<T>, String>,
+    reset: impl FnOnce(),
+) -> Result<T, EngineError> {
+    match result {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(EngineError::Inference {
+            message: e.to_string(),
+        }),
+        Err(message) => {
+            reset();
+            Err(EngineError::Inference { message })
+        }
     }
 }
 

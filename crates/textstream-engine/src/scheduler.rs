@@ -32,7 +32,9 @@ use std::time::Instant;
 
 use textstream::{FinishReason, Streamer};
 
-use crate::generate::{closed_reason, for_streamer, validate, GenerateConfig, GenerateOutput};
+use crate::generate::{
+    closed_reason, for_streamer, validate, GenerateConfig, GenerateOutput, Timings,
+};
 use crate::model::{Model, Session};
 use crate::models::PROMPT_CHUNK;
 use crate::sampling::Sampler;
@@ -227,7 +229,7 @@ struct Running {
     tokens: Vec<u32>,
     history: Vec<u32>,
     stop_ids: Vec<u32>,
-    output: GenerateOutput,
+    timings: Timings,
     started: Instant,
     decode_started: Option<Instant>,
 }
@@ -354,18 +356,18 @@ impl Loop {
                     continue;
                 }
             };
-            let mut output = GenerateOutput {
-                tokens: Vec::new(),
-                finish_reason: FinishReason::Stop,
-                consumer_gone: false,
-                timings: Default::default(),
+            let timings = Timings {
+                prompt_tokens: request.prompt_ids.len(),
+                ..Timings::default()
             };
-            output.timings.prompt_tokens = request.prompt_ids.len();
             if let Err(closed) = request.streamer.put(&request.prompt_ids) {
-                let (reason, gone) = closed_reason(&closed);
-                output.finish_reason = reason;
-                output.consumer_gone = gone;
-                let _ = request.done.send(Ok(output));
+                let (finish_reason, consumer_gone) = closed_reason(&closed);
+                let _ = request.done.send(Ok(GenerateOutput {
+                    tokens: Vec::new(),
+                    finish_reason,
+                    consumer_gone,
+                    timings,
+                }));
                 self.idle.push(session);
                 continue;
             }
@@ -384,7 +386,7 @@ impl Loop {
                 fed: reused,
                 tokens: Vec::new(),
                 stop_ids,
-                output,
+                timings,
                 started,
                 decode_started: None,
             });
@@ -396,76 +398,79 @@ impl Loop {
         // Decoding sequences first (one token each), then prompt chunks in
         // the order the sequences arrived, within the step's budget.
         let mut budget = self.config.step_tokens;
-        let mut inputs: Vec<(usize, Vec<u32>, usize)> = Vec::new();
-        for (i, seq) in self.running.iter().enumerate() {
+        // Per running sequence, its ids and their first position in this pass.
+        let mut inputs: Vec<Option<(Vec<u32>, usize)>> = vec![None; self.running.len()];
+        for (seq, input) in self.running.iter().zip(&mut inputs) {
             if seq.fed == seq.request.prompt_ids.len() {
                 let last = *seq.tokens.last().expect("a decoding sequence has a token");
-                inputs.push((i, vec![last], seq.pos()));
+                *input = Some((vec![last], seq.pos()));
                 budget = budget.saturating_sub(1);
             }
         }
-        for (i, seq) in self.running.iter().enumerate() {
+        let mut any = inputs.iter().any(Option::is_some);
+        for (seq, input) in self.running.iter().zip(&mut inputs) {
             let prompt = &seq.request.prompt_ids;
-            if seq.fed < prompt.len() && (budget > 0 || inputs.is_empty()) {
+            if seq.fed < prompt.len() && (budget > 0 || !any) {
                 let take = (prompt.len() - seq.fed)
                     .min(PROMPT_CHUNK)
                     .min(budget.max(1));
-                inputs.push((i, prompt[seq.fed..seq.fed + take].to_vec(), seq.fed));
+                *input = Some((prompt[seq.fed..seq.fed + take].to_vec(), seq.fed));
                 budget = budget.saturating_sub(take);
+                any = true;
             }
         }
-        inputs.sort_by_key(|(i, _, _)| *i);
-        let tokens: usize = inputs.iter().map(|(_, ids, _)| ids.len()).sum();
+        let sequences = inputs.iter().flatten().count() as u64;
+        let tokens: usize = inputs.iter().flatten().map(|(ids, _)| ids.len()).sum();
         let stats = &self.stats;
         stats.steps.fetch_add(1, Ordering::Relaxed);
-        stats
-            .step_sequences
-            .fetch_add(inputs.len() as u64, Ordering::Relaxed);
+        stats.step_sequences.fetch_add(sequences, Ordering::Relaxed);
         stats
             .step_tokens
             .fetch_add(tokens as u64, Ordering::Relaxed);
-        stats
-            .last_sequences
-            .store(inputs.len() as u64, Ordering::Relaxed);
-        let results = {
-            let mut picked = inputs.iter().map(|(i, _, _)| *i).peekable();
-            let mut steps: Vec<(&mut Session, &[u32], usize)> = Vec::with_capacity(inputs.len());
-            let mut ids = inputs.iter();
-            for (i, seq) in self.running.iter_mut().enumerate() {
-                if picked.peek() == Some(&i) {
-                    picked.next();
-                    let (_, ids, pos) = ids.next().expect("one input per picked sequence");
-                    steps.push((&mut seq.session, ids, *pos));
-                }
-            }
-            Session::forward_batch(&mut steps)
-        };
+        stats.last_sequences.store(sequences, Ordering::Relaxed);
+        let mut steps: Vec<(&mut Session, &[u32], usize)> = self
+            .running
+            .iter_mut()
+            .zip(&inputs)
+            .filter_map(|(seq, input)| {
+                let (ids, pos) = input.as_ref()?;
+                Some((&mut seq.session, &ids[..], *pos))
+            })
+            .collect();
+        let results = Session::forward_batch(&mut steps);
+        drop(steps);
+        // (running index, tokens run) of each sequence in the pass.
+        let ran: Vec<(usize, usize)> = inputs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, input)| input.as_ref().map(|(ids, _)| (i, ids.len())))
+            .collect();
         let mut ended = vec![false; self.running.len()];
         match results {
             Ok(logits) => {
-                for ((i, ids, _), mut logits) in inputs.iter().zip(logits) {
-                    let seq = &mut self.running[*i];
+                for (&(i, count), mut logits) in ran.iter().zip(logits) {
+                    let seq = &mut self.running[i];
                     if seq.fed < seq.request.prompt_ids.len() {
-                        seq.fed += ids.len();
+                        seq.fed += count;
                         if seq.fed < seq.request.prompt_ids.len() {
                             continue;
                         }
-                        seq.output.timings.prefill = seq.started.elapsed();
+                        seq.timings.prefill = seq.started.elapsed();
                         seq.decode_started = Some(Instant::now());
                     } else {
-                        seq.output.timings.decode_steps += 1;
+                        seq.timings.decode_steps += 1;
                     }
-                    ended[*i] = Self::pick(seq, &mut logits);
+                    ended[i] = Self::pick(seq, &mut logits);
                 }
             }
             Err(error) => {
                 // A failed pass fails every sequence in it.
-                for (i, _, _) in &inputs {
-                    let seq = &mut self.running[*i];
+                for &(i, _) in &ran {
+                    let seq = &mut self.running[i];
                     seq.session.reset();
                     seq.request.streamer.fail(Box::new(for_streamer(&error)));
                     let _ = seq.request.done.send(Err(for_streamer(&error)));
-                    ended[*i] = true;
+                    ended[i] = true;
                 }
             }
         }
@@ -490,7 +495,7 @@ impl Loop {
             }
         };
         if seq.tokens.is_empty() {
-            seq.output.timings.ttft = seq.started.elapsed();
+            seq.timings.ttft = seq.started.elapsed();
         }
         let end = if seq.stop_ids.contains(&picked.id) {
             seq.request.streamer.finish(FinishReason::Stop);
@@ -511,24 +516,17 @@ impl Loop {
                 Ok(()) => None,
             }
         };
-        let Some((reason, gone)) = end else {
+        let Some((finish_reason, consumer_gone)) = end else {
             return false;
         };
-        let mut output = std::mem::replace(
-            &mut seq.output,
-            GenerateOutput {
-                tokens: Vec::new(),
-                finish_reason: FinishReason::Stop,
-                consumer_gone: false,
-                timings: Default::default(),
-            },
-        );
-        output.finish_reason = reason;
-        output.consumer_gone = gone;
-        output.timings.decode = seq.decode_started.map(|t| t.elapsed()).unwrap_or_default();
-        output.timings.generated = seq.tokens.len();
-        output.tokens = std::mem::take(&mut seq.tokens);
-        let _ = seq.request.done.send(Ok(output));
+        seq.timings.decode = seq.decode_started.map(|t| t.elapsed()).unwrap_or_default();
+        seq.timings.generated = seq.tokens.len();
+        let _ = seq.request.done.send(Ok(GenerateOutput {
+            tokens: std::mem::take(&mut seq.tokens),
+            finish_reason,
+            consumer_gone,
+            timings: seq.timings,
+        }));
         true
     }
 }

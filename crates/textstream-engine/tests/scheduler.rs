@@ -291,32 +291,29 @@ fn a_follow_up_turn_runs_only_its_new_tokens() {
     let scheduler = two_at_once(&model);
     let answer = exactly(5);
     let first_turn = prompt(30, 7);
-    let first = scheduler
-        .submit(
-            first_turn.clone(),
-            answer.clone(),
-            Box::new(Recorder::new()),
-        )
-        .expect("submit")
-        .recv()
-        .expect("result")
-        .expect("ok");
+    // Runs one request to its end; the prompt tokens it reused.
+    let run = |prompt_ids: &[u32]| {
+        let before = scheduler.stats().reused_tokens();
+        let output = scheduler
+            .submit(
+                prompt_ids.to_vec(),
+                answer.clone(),
+                Box::new(Recorder::new()),
+            )
+            .expect("submit")
+            .recv()
+            .expect("result")
+            .expect("ok");
+        (output, scheduler.stats().reused_tokens() - before)
+    };
+    let (first, _) = run(&first_turn);
     // The follow-up: the whole conversation so far, then a new message.
     let mut follow_up = first_turn.clone();
     follow_up.extend(&first.tokens);
     follow_up.extend(prompt(6, 1));
-    let before = scheduler.stats().reused_tokens();
-    let second = scheduler
-        .submit(follow_up.clone(), answer.clone(), Box::new(Recorder::new()))
-        .expect("submit")
-        .recv()
-        .expect("result")
-        .expect("ok");
+    let (second, reused) = run(&follow_up);
     // The cache held the first prompt and all but the last answer token.
-    assert_eq!(
-        scheduler.stats().reused_tokens() - before,
-        (first_turn.len() + first.tokens.len() - 1) as u64
-    );
+    assert_eq!(reused, (first_turn.len() + first.tokens.len() - 1) as u64);
     let alone = generate(
         &mut model.session(),
         &follow_up,
@@ -327,16 +324,7 @@ fn a_follow_up_turn_runs_only_its_new_tokens() {
     assert_eq!(second.tokens, alone.tokens, "reuse changes no token");
     // The same request again, with a slot free for a new session: the cache
     // that holds it is still taken (its answer is all it loses).
-    let before = scheduler.stats().reused_tokens();
-    let third = scheduler
-        .submit(follow_up.clone(), answer, Box::new(Recorder::new()))
-        .expect("submit")
-        .recv()
-        .expect("result")
-        .expect("ok");
-    assert_eq!(
-        scheduler.stats().reused_tokens() - before,
-        (follow_up.len() - 1) as u64
-    );
+    let (third, reused) = run(&follow_up);
+    assert_eq!(reused, (follow_up.len() - 1) as u64);
     assert_eq!(third.tokens, alone.tokens);
 }

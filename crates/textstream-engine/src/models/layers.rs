@@ -24,6 +24,10 @@ pub const KEY_TILE: usize = 16;
 /// multiple of [`KEY_TILE`]): past this, a step has work for every core.
 const KEY_CHUNK: usize = 256;
 
+/// Neighbouring tokens of a prompt whose pieces of attention that start at
+/// one slot run as one job (each key and value read once for them all).
+const QUERY_BLOCK: usize = 4;
+
 /// Tokens one parallel task takes in the element-wise steps of a prompt.
 pub const TOKENS_PER_TASK: usize = 8;
 
@@ -244,59 +248,100 @@ impl LayerCache {
     /// does. The pieces depend on the token's position alone, never on the
     /// tokens beside it: a token attends bit for bit alike in a prompt
     /// chunk of any length and as a decode step.
+    ///
+    /// Pieces of up to [`QUERY_BLOCK`] neighbouring tokens that start at the
+    /// same slot run as one job, so that each key and value read serves all
+    /// their query heads (a prompt of 1,024 tokens read every key once per
+    /// token and head); each query's own arithmetic is unchanged by it.
     pub fn attend(&self, h: &Hparams, qkv: &[f32], pos: usize, out: &mut [f32]) {
         let qkv_width = h.q_width() + 2 * h.kv_width();
         let t = qkv.len() / qkv_width;
         let group_width = h.q_width() / h.kv_heads;
-        // Tasks in (token, KV head) order; `groups` holds each one's range.
-        let mut tasks = Vec::new();
+        // Pieces in (token, KV head) order; `groups` holds each one's range.
+        let mut pieces = Vec::new();
         let mut groups = Vec::with_capacity(t * h.kv_heads);
         for i in 0..t {
             let ranges = self.slot_ranges(pos + i);
             for kv_head in 0..h.kv_heads {
-                let first = tasks.len();
+                let first = pieces.len();
                 for range in ranges.iter().filter(|r| !r.is_empty()) {
                     let mut start = range.start;
                     while start < range.end {
                         let end = range.end.min(start + KEY_CHUNK);
-                        tasks.push((i, kv_head, start..end));
+                        pieces.push(Piece {
+                            token: i,
+                            kv_head,
+                            start,
+                            end,
+                        });
                         start = end;
                     }
                 }
-                groups.push(first..tasks.len());
+                groups.push(first..pieces.len());
             }
         }
-        let mut partial_outs = vec![0.0f32; tasks.len() * group_width];
-        let partials: Vec<Partial> = partial_outs
-            .par_chunks_mut(group_width)
-            .zip(tasks.par_iter())
-            .map_init(Vec::new, |scores, (out, (i, kv_head, range))| {
-                let queries = &qkv[i * qkv_width + kv_head * group_width..][..group_width];
-                let span = AttendRange {
-                    keys: &self.keys[*kv_head],
-                    values: &self.values[*kv_head],
-                    start: range.start,
-                    end: range.end,
+        // Jobs: a block of tokens' pieces of one KV head from one slot.
+        let mut jobs: Vec<Vec<usize>> = Vec::new();
+        let mut located = vec![(0, 0); pieces.len()];
+        for block in (0..t).step_by(QUERY_BLOCK) {
+            for kv_head in 0..h.kv_heads {
+                let mut members: Vec<usize> = (block..t.min(block + QUERY_BLOCK))
+                    .flat_map(|i| groups[i * h.kv_heads + kv_head].clone())
+                    .collect();
+                members.sort_by_key(|&p| pieces[p].start);
+                for job in members.chunk_by(|&a, &b| pieces[a].start == pieces[b].start) {
+                    for (k, &p) in job.iter().enumerate() {
+                        located[p] = (jobs.len(), k);
+                    }
+                    jobs.push(job.to_vec());
+                }
+            }
+        }
+        let done: Vec<(Vec<Partial>, Vec<f32>)> = jobs
+            .par_iter()
+            .map_init(Vec::new, |scores, job| {
+                let first = &pieces[job[0]];
+                let members: Vec<Member> = job
+                    .iter()
+                    .map(|&p| Member {
+                        queries: &qkv[pieces[p].token * qkv_width + first.kv_head * group_width..]
+                            [..group_width],
+                        end: pieces[p].end,
+                    })
+                    .collect();
+                let span = KvHead {
+                    keys: &self.keys[first.kv_head],
+                    values: &self.values[first.kv_head],
+                    head_dim: h.head_dim,
                 };
-                vectorized(
+                let mut outs = vec![0.0; job.len() * group_width];
+                let partials = vectorized(
                     #[inline(always)]
-                    || attend(queries, span, h.head_dim, h.attention_scale, scores, out),
-                )
+                    || {
+                        attend(
+                            &members,
+                            first.start,
+                            span,
+                            h.attention_scale,
+                            scores,
+                            &mut outs,
+                        )
+                    },
+                );
+                (partials, outs)
             })
             .collect();
         out.par_chunks_mut(group_width)
             .zip(groups.par_iter())
-            .for_each(|(out, tasks)| {
+            .for_each(|(out, range)| {
+                let parts = range.clone().map(|p| {
+                    let (job, k) = located[p];
+                    let (partials, outs) = &done[job];
+                    (&partials[k], &outs[k * group_width..][..group_width])
+                });
                 vectorized(
                     #[inline(always)]
-                    || {
-                        merge(
-                            &partials[tasks.clone()],
-                            &partial_outs[tasks.start * group_width..tasks.end * group_width],
-                            h.head_dim,
-                            out,
-                        )
-                    },
+                    || merge(parts, h.head_dim, out),
                 )
             });
     }
@@ -308,13 +353,27 @@ impl LayerCache {
     }
 }
 
-/// One KV head's cached keys and values, and the slots `start..end` to
-/// attend to.
-struct AttendRange<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
+/// One (token, KV head)'s slots `start..end`: a piece of its attention.
+struct Piece {
+    token: usize,
+    kv_head: usize,
     start: usize,
     end: usize,
+}
+
+/// A job's member: one token's query heads of the job's KV head
+/// (`[group][head_dim]`), and the slot its piece ends at.
+struct Member<'a> {
+    queries: &'a [f32],
+    end: usize,
+}
+
+/// One KV head's cached keys and values.
+#[derive(Clone, Copy)]
+struct KvHead<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    head_dim: usize,
 }
 
 /// Per query head, the largest scaled score of a range and the sum of
@@ -324,31 +383,37 @@ struct Partial {
     totals: [f32; MAX_GROUP],
 }
 
-/// Combines a (token, KV head)'s partial results into `out`: each piece's
-/// sums rescaled to the largest maximum, then normalized.
+/// Combines a (token, KV head)'s pieces (partial result, unnormalized
+/// output) into `out`: each piece's sums rescaled to the largest maximum,
+/// then normalized.
 #[inline(always)]
-fn merge(partials: &[Partial], outs: &[f32], head_dim: usize, out: &mut [f32]) {
-    if let [only] = partials {
-        for ((out, piece), total) in out
-            .chunks_exact_mut(head_dim)
-            .zip(outs.chunks_exact(head_dim))
-            .zip(only.totals)
-        {
-            let inverse = 1.0 / total;
-            out.iter_mut()
-                .zip(piece)
-                .for_each(|(o, &p)| *o = p * inverse);
+fn merge<'a>(
+    pieces: impl ExactSizeIterator<Item = (&'a Partial, &'a [f32])> + Clone,
+    head_dim: usize,
+    out: &mut [f32],
+) {
+    if pieces.len() == 1 {
+        for (only, piece) in pieces {
+            for ((out, piece), total) in out
+                .chunks_exact_mut(head_dim)
+                .zip(piece.chunks_exact(head_dim))
+                .zip(only.totals)
+            {
+                let inverse = 1.0 / total;
+                out.iter_mut()
+                    .zip(piece)
+                    .for_each(|(o, &p)| *o = p * inverse);
+            }
         }
         return;
     }
     out.fill(0.0);
-    let group_width = out.len();
     for (h, out) in out.chunks_exact_mut(head_dim).enumerate() {
-        let max = partials
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, p| m.max(p.maxima[h]));
+        let max = pieces
+            .clone()
+            .fold(f32::NEG_INFINITY, |m, (p, _)| m.max(p.maxima[h]));
         let mut total = 0.0;
-        for (partial, piece) in partials.iter().zip(outs.chunks_exact(group_width)) {
+        for (partial, piece) in pieces.clone() {
             let weight = (partial.maxima[h] - max).exp();
             total += partial.totals[h] * weight;
             let piece = &piece[h * head_dim..][..head_dim];
@@ -361,65 +426,91 @@ fn merge(partials: &[Partial], outs: &[f32], head_dim: usize, out: &mut [f32]) {
     }
 }
 
-/// One KV head's attention for its group of queries (`[group][head_dim]`)
-/// over a range of slots, into `out` (`[group][head_dim]`), not yet divided
-/// by the softmax totals it returns.
+/// Query rows whose scores one pass over a key tile computes together.
+const SCORE_ROWS: usize = 4;
+
+/// One job's attention: each member's query heads over the KV head's slots
+/// from `start` to the member's end, into `outs` (`[member][group][head_dim]`),
+/// not yet divided by the softmax totals it returns. Each key tile and value
+/// row is read once for all members' heads; each query's sums run in the
+/// same order as if it were alone.
 #[inline(always)]
 fn attend(
-    queries: &[f32],
-    range: AttendRange,
-    head_dim: usize,
+    members: &[Member],
+    start: usize,
+    kv: KvHead,
     scale: f32,
     scores: &mut Vec<f32>,
-    out: &mut [f32],
-) -> Partial {
-    let group = queries.len() / head_dim;
+    outs: &mut [f32],
+) -> Vec<Partial> {
+    let head_dim = kv.head_dim;
+    let group = members[0].queries.len() / head_dim;
     // Scores are computed for whole tiles from the one holding `start`.
-    let aligned = range.start - range.start % KEY_TILE;
-    let offset = range.start - aligned;
-    let seen = range.end - range.start;
-    let tiles = (range.end - aligned).div_ceil(KEY_TILE);
+    let aligned = start - start % KEY_TILE;
+    let offset = start - aligned;
+    let last = members.iter().map(|m| m.end).max().unwrap_or(start);
+    let tiles = (last - aligned).div_ceil(KEY_TILE);
     let padded = tiles * KEY_TILE;
+    let rows: Vec<&[f32]> = members
+        .iter()
+        .flat_map(|m| m.queries.chunks_exact(head_dim))
+        .collect();
+    let seen: Vec<usize> = members
+        .iter()
+        .flat_map(|m| std::iter::repeat_n(m.end - start, group))
+        .collect();
     scores.clear();
-    scores.resize(group * padded, 0.0);
-    let keys = range.keys[aligned * head_dim..].chunks_exact(KEY_TILE * head_dim);
+    scores.resize(rows.len() * padded, 0.0);
+    let keys = kv.keys[aligned * head_dim..].chunks_exact(KEY_TILE * head_dim);
     for (tile, keys) in keys.take(tiles).enumerate() {
-        for (query, scores) in queries
-            .chunks_exact(head_dim)
-            .zip(scores.chunks_exact_mut(padded))
-        {
-            let mut lanes = [0.0f32; KEY_TILE];
-            for (&q, key) in query.iter().zip(keys.chunks_exact(KEY_TILE)) {
-                for (lane, &k) in lanes.iter_mut().zip(key) {
-                    *lane = q.mul_add(k, *lane);
-                }
-            }
-            scores[tile * KEY_TILE..][..KEY_TILE].copy_from_slice(&lanes);
+        let mut r = 0;
+        while r < rows.len() {
+            r += match rows.len() - r {
+                1 => tile_scores::<1>(&rows[r..], keys, &mut scores[r * padded..], padded, tile),
+                2 => tile_scores::<2>(&rows[r..], keys, &mut scores[r * padded..], padded, tile),
+                3 => tile_scores::<3>(&rows[r..], keys, &mut scores[r * padded..], padded, tile),
+                _ => tile_scores::<SCORE_ROWS>(
+                    &rows[r..],
+                    keys,
+                    &mut scores[r * padded..],
+                    padded,
+                    tile,
+                ),
+            };
         }
     }
-    // Softmax numerators of each query head's scores.
-    let mut partial = Partial {
-        maxima: [0.0; MAX_GROUP],
-        totals: [0.0; MAX_GROUP],
-    };
-    for (h, scores) in scores.chunks_exact_mut(padded).enumerate() {
-        let scores = &mut scores[offset..][..seen];
+    // Softmax numerators of each query row's scores.
+    let mut partials: Vec<Partial> = members
+        .iter()
+        .map(|_| Partial {
+            maxima: [0.0; MAX_GROUP],
+            totals: [0.0; MAX_GROUP],
+        })
+        .collect();
+    for (r, scores) in scores.chunks_exact_mut(padded).enumerate() {
+        let scores = &mut scores[offset..][..seen[r]];
         let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         scores.iter_mut().for_each(|v| *v = (*v - max) * scale);
         exp_in_place(scores);
-        partial.maxima[h] = max * scale;
-        partial.totals[h] = scores.iter().sum();
+        let partial = &mut partials[r / group];
+        partial.maxima[r % group] = max * scale;
+        partial.totals[r % group] = scores.iter().sum();
     }
-    let values = &range.values[range.start * head_dim..][..seen * head_dim];
-    for (h, out) in out.chunks_exact_mut(head_dim).enumerate() {
-        let probabilities = &scores[h * padded + offset..][..seen];
-        match head_dim {
-            64 => weighted_sum::<64>(probabilities, values, out),
-            128 => weighted_sum::<128>(probabilities, values, out),
-            256 => weighted_sum::<256>(probabilities, values, out),
-            _ => {
+    let probabilities: Vec<&[f32]> = scores
+        .chunks_exact(padded)
+        .zip(&seen)
+        .map(|(s, &seen)| &s[offset..][..seen])
+        .collect();
+    let values = &kv.values[start * head_dim..];
+    let mut outs: Vec<&mut [f32]> = outs.chunks_exact_mut(head_dim).collect();
+    match head_dim {
+        64 => weighted_sums::<64, 4>(&probabilities, values, &mut outs),
+        128 => weighted_sums::<128, 2>(&probabilities, values, &mut outs),
+        256 => weighted_sums::<256, 1>(&probabilities, values, &mut outs),
+        _ => {
+            for (p, out) in probabilities.iter().zip(outs) {
                 out.fill(0.0);
-                for (&p, value) in probabilities.iter().zip(values.chunks_exact(head_dim)) {
+                for (&p, value) in p.iter().zip(values.chunks_exact(head_dim)) {
                     for (o, &v) in out.iter_mut().zip(value) {
                         *o = p.mul_add(v, *o);
                     }
@@ -427,20 +518,66 @@ fn attend(
             }
         }
     }
-    partial
+    partials
 }
 
-/// `out = Σ_j p[j] * values[j]` for rows of `D` values, the sum kept in
-/// registers (a fixed size lets the compiler hold it there).
+/// The scores of `N` query rows against one tile of keys
+/// (`[head_dim][KEY_TILE]`), into each row's `scores` (rows `padded`
+/// apart) at `tile`; returns `N`. The key tile is read once for all rows.
 #[inline(always)]
-fn weighted_sum<const D: usize>(probabilities: &[f32], values: &[f32], out: &mut [f32]) {
-    let mut sum = [0.0f32; D];
-    for (&p, value) in probabilities.iter().zip(values.chunks_exact(D)) {
-        for (s, &v) in sum.iter_mut().zip(value) {
-            *s = p.mul_add(v, *s);
+fn tile_scores<const N: usize>(
+    rows: &[&[f32]],
+    keys: &[f32],
+    scores: &mut [f32],
+    padded: usize,
+    tile: usize,
+) -> usize {
+    let rows: [&[f32]; N] = std::array::from_fn(|n| rows[n]);
+    let mut lanes = [[0.0f32; KEY_TILE]; N];
+    for (d, key) in keys.chunks_exact(KEY_TILE).enumerate() {
+        for (lanes, row) in lanes.iter_mut().zip(rows) {
+            let q = row[d];
+            for (lane, &k) in lanes.iter_mut().zip(key) {
+                *lane = q.mul_add(k, *lane);
+            }
         }
     }
-    out.copy_from_slice(&sum);
+    for (n, lanes) in lanes.iter().enumerate() {
+        scores[n * padded + tile * KEY_TILE..][..KEY_TILE].copy_from_slice(lanes);
+    }
+    N
+}
+
+/// `out = Σ_j p[j] * values[j]` (rows of `D` values) for every row of
+/// probabilities, `N` rows at a time: each value row is read once for the
+/// `N`, and their sums stay in registers (a fixed size lets the compiler
+/// hold them there). Each row's sum runs over `j` in order, as alone.
+#[inline(always)]
+fn weighted_sums<const D: usize, const N: usize>(
+    probabilities: &[&[f32]],
+    values: &[f32],
+    outs: &mut [&mut [f32]],
+) {
+    for (probabilities, outs) in probabilities.chunks(N).zip(outs.chunks_mut(N)) {
+        let common = probabilities.iter().map(|p| p.len()).min().unwrap_or(0);
+        let mut sums = [[0.0f32; D]; N];
+        for (j, value) in values.chunks_exact(D).take(common).enumerate() {
+            for (sum, p) in sums.iter_mut().zip(probabilities) {
+                let p = p[j];
+                for (s, &v) in sum.iter_mut().zip(value) {
+                    *s = p.mul_add(v, *s);
+                }
+            }
+        }
+        for ((sum, p), out) in sums.iter_mut().zip(probabilities).zip(outs.iter_mut()) {
+            for (&p, value) in p[common..].iter().zip(values[common * D..].chunks_exact(D)) {
+                for (s, &v) in sum.iter_mut().zip(value) {
+                    *s = p.mul_add(v, *s);
+                }
+            }
+            out.copy_from_slice(sum);
+        }
+    }
 }
 
 #[cfg(test)]

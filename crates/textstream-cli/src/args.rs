@@ -158,6 +158,29 @@ pub struct ServeArgs {
     /// Requests that may wait for a free slot before new ones get 429.
     #[arg(long, default_value_t = textstream_server::DEFAULT_MAX_QUEUE)]
     pub max_queue: usize,
+    /// Require `Authorization: Bearer KEY` on /v1/* (401 without it);
+    /// /health, /metrics and the chat page stay open.
+    #[arg(
+        long,
+        env = "TEXTSTREAM_API_KEY",
+        hide_env_values = true,
+        conflicts_with = "api_key_file"
+    )]
+    pub api_key: Option<String>,
+    /// Read the API key from this file (its first line), so that it is not
+    /// on the command line.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<std::path::PathBuf>,
+    /// Let web pages from ORIGIN call the API (CORS), e.g.
+    /// `https://app.example`; repeatable; `*` allows any origin. Off by default.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub cors_origins: Vec<String>,
+    /// Answer any Host header. By default a server bound to a loopback
+    /// address answers only requests for localhost, 127.0.0.1 or [::1]
+    /// (403 otherwise), which keeps DNS-rebinding pages out; a reverse
+    /// proxy on this machine that forwards its public name needs this.
+    #[arg(long)]
+    pub allow_any_host: bool,
 }
 
 /// Release policy names on the command line.

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use textstream_engine::model_file::CATALOG;
-use textstream_server::{AppState, ServerConfig};
+use textstream_server::{AppState, HostCheck, ServerConfig};
 
 use crate::args::ServeArgs;
 use crate::load;
@@ -24,13 +24,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             .map(|stem| stem.to_string_lossy().into_owned())
             .unwrap_or_else(|| textstream_server::DEFAULT_MODEL_NAME.to_owned()),
     };
+    let api_key = match (&args.api_key, &args.api_key_file) {
+        (Some(key), _) => Some(key.trim().to_owned()),
+        (None, Some(path)) => Some(read_key(path)?),
+        (None, None) => None,
+    };
+    if api_key.as_deref() == Some("") {
+        anyhow::bail!("the API key is empty");
+    }
     let config = ServerConfig {
         workers: args.workers,
         max_queue: args.max_queue,
         model_name,
+        api_key,
+        cors_origins: args.cors_origins.clone(),
+        host_check: match args.allow_any_host {
+            true => HostCheck::Any,
+            false => HostCheck::Auto,
+        },
         ..ServerConfig::default()
     };
-    let state = AppState::new(model, config).context("starting the worker threads")?;
+    let public = config.api_key.is_none() && !is_loopback(&args.host);
+    let state = AppState::new(model, config).context("starting the server")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let address = (args.host.as_str(), args.port);
@@ -42,12 +57,37 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             "model {:?} loaded in {load_time:.1?}; serving on http://{local} (Ctrl-C stops)",
             state.config().model_name
         );
+        if public {
+            eprintln!(
+                "warning: listening on {local} without an API key: anyone who can reach this address can use the model (--api-key or TEXTSTREAM_API_KEY sets one)"
+            );
+        }
         textstream_server::serve(listener, state, shutdown_signal())
             .await
             .context("serving")
     })?;
     eprintln!("server stopped");
     Ok(())
+}
+
+/// The first line of the key file, trimmed.
+fn read_key(path: &std::path::Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the API key file {}", path.display()))?;
+    let key = text.lines().next().unwrap_or_default().trim().to_owned();
+    if key.is_empty() {
+        anyhow::bail!("the API key file {} is empty", path.display());
+    }
+    Ok(key)
+}
+
+/// Whether `host` (as given to `--host`) is a loopback address or name.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Resolves on the first SIGINT (Ctrl-C) or, on Unix, SIGTERM.

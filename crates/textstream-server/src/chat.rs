@@ -17,14 +17,16 @@ pub(crate) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     check_model(&state, &request.model)?;
     let messages = request.template_messages()?;
-    let prompt = state
-        .model()
-        .chat_prompt(&messages)
-        .map_err(|error| ApiError::invalid("messages", error.to_string()))?;
     let prompt_ids = state
-        .model()
-        .encode_prompt(&prompt)
-        .map_err(|error| ApiError::Internal(error.to_string()))?;
+        .prepare(move |model| {
+            let prompt = model
+                .chat_prompt(&messages)
+                .map_err(|error| ApiError::invalid("messages", error.to_string()))?;
+            model
+                .encode_prompt(&prompt)
+                .map_err(|error| ApiError::Internal(error.to_string()))
+        })
+        .await?;
     let plan = plan(&state, &request.params, prompt_ids, "messages")?;
     respond(state, Endpoint::Chat, plan).await
 }

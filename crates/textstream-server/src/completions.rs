@@ -16,11 +16,14 @@ pub(crate) async fn completions(
     OpenAiJson(request): OpenAiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     check_model(&state, &request.model)?;
-    let prompt = request.prompt_text()?;
+    let prompt = request.prompt_text()?.to_owned();
     let prompt_ids = state
-        .model()
-        .encode_prompt(prompt)
-        .map_err(|error| ApiError::Internal(error.to_string()))?;
+        .prepare(move |model| {
+            model
+                .encode_prompt(&prompt)
+                .map_err(|error| ApiError::Internal(error.to_string()))
+        })
+        .await?;
     let plan = plan(&state, &request.params, prompt_ids, "prompt")?;
     respond(state, Endpoint::Completion, plan).await
 }

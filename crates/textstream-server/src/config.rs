@@ -32,6 +32,16 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// The name listed by `/v1/models`; requests must name it or `"default"`.
     pub model_name: String,
+    /// When set, every `/v1/*` request must carry `Authorization: Bearer
+    /// KEY` (`401` otherwise); `/health`, `/metrics` and the chat page
+    /// stay open. `None` by default.
+    pub api_key: Option<String>,
+    /// Origins whose web pages may call the API (CORS); `"*"` allows any.
+    /// Empty by default: no CORS headers, so browsers keep other sites'
+    /// pages from reading answers.
+    pub cors_origins: Vec<String>,
+    /// Which `Host` headers are answered; see [`HostCheck`].
+    pub host_check: HostCheck,
     /// Sleeps this long before each generated token. Only for tests that
     /// need a generation to last (queueing, cancellation); `None` by default.
     #[doc(hidden)]
@@ -45,7 +55,27 @@ impl Default for ServerConfig {
             max_queue: DEFAULT_MAX_QUEUE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             model_name: DEFAULT_MODEL_NAME.to_owned(),
+            api_key: None,
+            cors_origins: Vec::new(),
+            host_check: HostCheck::Auto,
             token_delay: None,
         }
     }
+}
+
+/// Which `Host` headers the server answers. A page on another site can
+/// rebind its own host name to 127.0.0.1 (DNS rebinding) and then read a
+/// loopback server's answers as same-origin; checking `Host` stops it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HostCheck {
+    /// [`crate::serve`] checks when its listener is bound to a loopback
+    /// address and not otherwise; [`crate::app`] alone does not check.
+    #[default]
+    Auto,
+    /// Only `localhost`, `127.0.0.0/8` and `[::1]` (any port), or no `Host`
+    /// at all; others get `403`.
+    Loopback,
+    /// Any `Host` (behind a reverse proxy that sends its public name, or
+    /// bound to a public address).
+    Any,
 }

@@ -31,6 +31,22 @@ pub enum ApiError {
         /// The name served.
         served: String,
     },
+    /// `/v1/*` without the server's API key as `Authorization: Bearer KEY`: `401`.
+    #[error("a valid API key is required: send it as the header `Authorization: Bearer KEY`")]
+    Unauthorized,
+    /// The `Host` header names something other than the loopback address
+    /// the server is bound to (a DNS-rebinding page): `403`.
+    #[error("the Host {host:?} is not accepted: this server is bound to a loopback address and answers only requests for localhost, 127.0.0.1 or [::1]")]
+    ForbiddenHost {
+        /// The Host header as sent.
+        host: String,
+    },
+    /// A POST body that is not declared as JSON: `415`.
+    #[error("the body must be JSON, sent with `Content-Type: application/json` (got {got:?})")]
+    UnsupportedMediaType {
+        /// The content type as sent (empty when there was none).
+        got: String,
+    },
     /// The body is larger than the configured limit: `413`.
     #[error("the request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -73,6 +89,9 @@ impl ApiError {
             ApiError::InvalidRequest { .. } | ApiError::UnknownModel { .. } => {
                 StatusCode::BAD_REQUEST
             }
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::ForbiddenHost { .. } => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -96,6 +115,9 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { param, code, .. } => (param.as_deref(), *code),
             ApiError::UnknownModel { .. } => (Some("model"), Some("model_not_found")),
+            ApiError::Unauthorized => (None, Some("invalid_api_key")),
+            ApiError::ForbiddenHost { .. } => (None, Some("forbidden_host")),
+            ApiError::UnsupportedMediaType { .. } => (None, Some("unsupported_media_type")),
             ApiError::PayloadTooLarge { .. } => (None, Some("payload_too_large")),
             ApiError::QueueFull => (None, Some("queue_full")),
             ApiError::NotFound { .. } => (None, Some("not_found")),
@@ -147,6 +169,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        }
+        if self == ApiError::Unauthorized {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -34,6 +34,7 @@ mod completions;
 mod config;
 mod error;
 mod extract;
+mod guard;
 mod info;
 mod metrics;
 mod pool;
@@ -52,29 +53,52 @@ use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use config::{
-    ServerConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_MODEL_NAME, DEFAULT_WORKERS,
+    HostCheck, ServerConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_MODEL_NAME,
+    DEFAULT_WORKERS,
 };
 pub use error::{ApiError, RETRY_AFTER_SECS};
 pub use metrics::{Metrics, TTFT_BUCKETS_SECS};
 pub use request::{DEFAULT_MODEL_ALIAS, DEFAULT_TEMPERATURE};
-pub use state::AppState;
+pub use state::{AppState, PREPARE_AT_ONCE};
 
-/// The routes, with the body limit, panic catching and status counting.
+/// The routes, with the body limit, panic catching, status counting, the
+/// API key on `/v1/*` and CORS as configured. The `Host` check runs when
+/// `config.host_check` is [`HostCheck::Loopback`] ([`serve`] also turns it
+/// on for [`HostCheck::Auto`] on a loopback listener).
 pub fn app(state: AppState) -> Router {
+    let check = state.config().host_check == HostCheck::Loopback;
+    router(state, check)
+}
+
+fn router(state: AppState, check_host: bool) -> Router {
     let body_limit = state.config().max_body_bytes;
-    Router::new()
-        .route("/", get(web::index))
-        .route("/health", get(info::health))
-        .route("/metrics", get(info::metrics))
+    let api = Router::new()
         .route("/v1/models", get(info::models))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/completions", post(completions::completions))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::require_api_key,
+        ));
+    let mut router = Router::new()
+        .route("/", get(web::index))
+        .route("/health", get(info::health))
+        .route("/metrics", get(info::metrics))
+        .merge(api)
         .fallback(info::not_found)
         .method_not_allowed_fallback(info::method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CatchPanicLayer::custom(|_panic| {
             ApiError::Internal("the request handler panicked".to_owned()).into_response()
-        }))
+        }));
+    // `AppState::new` checked the origins.
+    if let Ok(Some(cors)) = guard::cors(&state.config().cors_origins) {
+        router = router.layer(cors);
+    }
+    if check_host {
+        router = router.layer(middleware::from_fn(guard::loopback_host_only));
+    }
+    router
         .layer(middleware::from_fn_with_state(state.clone(), count_status))
         .with_state(state)
 }
@@ -86,7 +110,8 @@ async fn count_status(State(state): State<AppState>, request: Request, next: Nex
     response
 }
 
-/// Serves [`app`] on `listener` until `shutdown` resolves; then stops
+/// Serves [`app`] on `listener` (checking `Host` on a loopback listener
+/// unless configured otherwise) until `shutdown` resolves; then stops
 /// accepting connections and returns once the responses in flight (streams
 /// included) have ended.
 ///
@@ -98,7 +123,12 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
+    let check_host = match state.config().host_check {
+        HostCheck::Loopback => true,
+        HostCheck::Any => false,
+        HostCheck::Auto => listener.local_addr()?.ip().is_loopback(),
+    };
+    axum::serve(listener, router(state, check_host))
         .with_graceful_shutdown(shutdown)
         .await
 }

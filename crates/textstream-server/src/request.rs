@@ -1,6 +1,8 @@
 //! The OpenAI request bodies this server reads, and how their fields become
 //! a checked [`Plan`]: prompt ids, [`GenerateConfig`], stop strings and
-//! stream settings. Unknown fields are ignored; every field used is checked.
+//! stream settings. Every field used is checked; a field this server does
+//! not implement gets a `400` naming it (never a silent `200`), except the
+//! few that change nothing here ([`IGNORED_FIELDS`]).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -22,9 +24,21 @@ pub const DEFAULT_TEMPERATURE: f32 = 1.0;
 /// Highest temperature OpenAI accepts.
 pub const MAX_TEMPERATURE: f32 = 2.0;
 
-/// OpenAI's range for `frequency_penalty` and `presence_penalty` (accepted,
-/// checked, not applied).
+/// OpenAI's range for `frequency_penalty` and `presence_penalty`.
 pub const PENALTY_RANGE: std::ops::RangeInclusive<f32> = -2.0..=2.0;
+
+/// OpenAI's range for each `logit_bias` value.
+pub const LOGIT_BIAS_RANGE: std::ops::RangeInclusive<f32> = -100.0..=100.0;
+
+/// OpenAI fields accepted and ignored because they change nothing in the
+/// answer this server gives (bookkeeping for OpenAI's own platform).
+pub const IGNORED_FIELDS: [&str; 5] = [
+    "user",
+    "store",
+    "metadata",
+    "service_tier",
+    "parallel_tool_calls",
+];
 
 /// Most stop strings a request may give, as in OpenAI's API.
 pub const MAX_STOP_STRINGS: usize = 4;
@@ -114,6 +128,16 @@ pub(crate) struct Params {
     pub n: Option<u64>,
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
+    /// Chat: `true` for each token's log-probability. Completions: a number
+    /// of alternatives per token (only 0: the chosen token's own).
+    pub logprobs: Option<serde_json::Value>,
+    /// Chat: alternatives per token (only 0 is supported).
+    pub top_logprobs: Option<u64>,
+    /// Token id (as a string, as OpenAI sends it) to a bias in [-100, 100].
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    /// Every other field of the body, refused unless ignored or unset.
+    #[serde(flatten)]
+    pub other: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A checked request, ready for a worker.
@@ -124,6 +148,8 @@ pub(crate) struct Plan {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Whether each token's log-probability goes with the answer.
+    pub logprobs: bool,
 }
 
 /// Fails unless `model` is the served name or [`DEFAULT_MODEL_ALIAS`].
@@ -197,6 +223,8 @@ pub(crate) fn plan(
     prompt_ids: Vec<u32>,
     prompt_param: &str,
 ) -> Result<Plan, ApiError> {
+    check_other_fields(&params.other)?;
+    let logprobs = wants_logprobs(params)?;
     if let Some(n) = params.n {
         if n != 1 {
             return Err(ApiError::invalid(
@@ -287,11 +315,15 @@ pub(crate) fn plan(
             }
         },
     };
+    let logit_bias = logit_bias(state, params.logit_bias.as_ref())?;
     let sampling = SamplingConfig {
         temperature,
         top_k: params.top_k,
         top_p: params.top_p,
         repetition_penalty: params.repetition_penalty.unwrap_or(1.0),
+        frequency_penalty: params.frequency_penalty.unwrap_or(0.0),
+        presence_penalty: params.presence_penalty.unwrap_or(0.0),
+        logit_bias,
         // Without a seed, every request samples differently, as with OpenAI;
         // a negative seed (OpenAI allows any i64) is reinterpreted.
         seed: params.seed.map_or_else(random_seed, |seed| seed as u64),
@@ -318,7 +350,94 @@ pub(crate) fn plan(
             .as_ref()
             .and_then(|options| options.include_usage)
             .unwrap_or(false),
+        logprobs,
     })
+}
+
+/// Whether the request asks for the chosen tokens' log-probabilities
+/// (chat's `logprobs: true`, completions' `logprobs: 0`); alternatives per
+/// token (`top_logprobs`, completions' `logprobs` above 0) are refused: the
+/// sampler reports only the token it chose.
+fn wants_logprobs(params: &Params) -> Result<bool, ApiError> {
+    use serde_json::Value;
+    let alternatives = |param: &str| {
+        ApiError::InvalidRequest {
+            message: "alternative tokens' log-probabilities are not supported; the chosen tokens' are (top_logprobs 0)".to_owned(),
+            param: Some(param.to_owned()),
+            code: Some("unsupported_parameter"),
+        }
+    };
+    if params.top_logprobs.is_some_and(|k| k > 0) {
+        return Err(alternatives("top_logprobs"));
+    }
+    match &params.logprobs {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(asked)) => Ok(*asked),
+        Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(true),
+        Some(Value::Number(n)) if n.as_u64().is_some() => Err(alternatives("logprobs")),
+        Some(other) => Err(ApiError::invalid(
+            "logprobs",
+            format!("logprobs must be a boolean (chat) or 0 (completions), not {other}"),
+        )),
+    }
+}
+
+/// Refuses any field left over from the known ones, unless it is one of
+/// [`IGNORED_FIELDS`] or asks for nothing (`null`, `false`, `[]`, `{}`:
+/// what some clients send for every field they leave unset).
+fn check_other_fields(other: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+    use serde_json::Value;
+    for (name, value) in other {
+        let unset = match value {
+            Value::Null | Value::Bool(false) => true,
+            Value::Array(items) => items.is_empty(),
+            Value::Object(fields) => fields.is_empty(),
+            _ => false,
+        };
+        if !unset && !IGNORED_FIELDS.contains(&name.as_str()) {
+            return Err(ApiError::InvalidRequest {
+                message: format!("the field {name:?} is not supported by this server"),
+                param: Some(name.clone()),
+                code: Some("unsupported_parameter"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `logit_bias` as (id, bias) pairs, each id in the model's vocabulary and
+/// each bias in [`LOGIT_BIAS_RANGE`].
+fn logit_bias(
+    state: &AppState,
+    bias: Option<&std::collections::BTreeMap<String, f32>>,
+) -> Result<Vec<(u32, f32)>, ApiError> {
+    let vocab = state.model().info().vocab_size;
+    bias.into_iter()
+        .flatten()
+        .map(|(id, &value)| {
+            let token = id
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|&t| (t as usize) < vocab);
+            let Some(token) = token else {
+                return Err(ApiError::invalid(
+                    "logit_bias",
+                    format!(
+                        "{id:?} is not a token id of this model (0 to {})",
+                        vocab - 1
+                    ),
+                ));
+            };
+            if !LOGIT_BIAS_RANGE.contains(&value) {
+                return Err(ApiError::invalid(
+                    "logit_bias",
+                    format!("token {id}'s bias {value} is not in [-100, 100]"),
+                ));
+            }
+            Ok((token, value))
+        })
+        .collect()
 }
 
 /// A seed that differs between calls: std's hasher keys are random per

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{stream, Stream, StreamExt};
 use serde_json::{json, Value};
-use textstream::{FinishReason, StreamOptions, TokenEvent, TokenEventStream};
+use textstream::{Detokenizer, FinishReason, Layout, StreamOptions, TokenEvent, TokenEventStream};
 
 use crate::error::ApiError;
 use crate::metrics::{ActiveStream, Metrics};
@@ -40,6 +40,8 @@ struct Meta {
     model: String,
     prompt_tokens: usize,
     accepted: Instant,
+    /// Set when the request asked for log-probabilities: each token's text.
+    pieces: Option<Detokenizer>,
 }
 
 impl Meta {
@@ -59,16 +61,22 @@ impl Meta {
         })
     }
 
-    /// A streaming chunk whose one choice carries `text` (chat: `delta`)
-    /// and `finish`.
-    fn chunk(&self, delta: Value, text: &str, finish: Option<&FinishReason>) -> Value {
+    /// A streaming chunk whose one choice carries `text` (chat: `delta`),
+    /// `logprobs` and `finish`.
+    fn chunk(
+        &self,
+        delta: Value,
+        text: &str,
+        logprobs: Value,
+        finish: Option<&FinishReason>,
+    ) -> Value {
         let finish = finish.map(FinishReason::as_openai);
         let choice = match self.endpoint {
             Endpoint::Chat => json!({
-                "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish,
+                "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish,
             }),
             Endpoint::Completion => json!({
-                "index": 0, "text": text, "logprobs": null, "finish_reason": finish,
+                "index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish,
             }),
         };
         json!({
@@ -98,6 +106,7 @@ pub(crate) async fn respond(
         model: state.config().model_name.clone(),
         prompt_tokens: plan.prompt_ids.len(),
         accepted: Instant::now(),
+        pieces: plan.logprobs.then(|| state.detokenizer()),
     };
     state.pool().submit(Job {
         prompt_ids: plan.prompt_ids,
@@ -132,6 +141,8 @@ struct Reader {
     events: TokenEventStream,
     metrics: Arc<Metrics>,
     completion_tokens: usize,
+    /// Bytes of text streamed so far (completions' `text_offset`).
+    text_bytes: usize,
     first_seen: bool,
     _active: ActiveStream,
 }
@@ -143,6 +154,7 @@ impl Reader {
             events,
             metrics,
             completion_tokens: 0,
+            text_bytes: 0,
             first_seen: false,
         }
     }
@@ -172,8 +184,10 @@ async fn collect(
     let mut reader = Reader::new(events, metrics);
     let mut text = String::new();
     let mut finish = FinishReason::Stop;
+    let mut tokens = TokenLogprobs::default();
     while let Some(event) = reader.next(&meta).await {
         let event = event?;
+        tokens.add(&meta, &event, text.len());
         text += &event.text;
         if let Some(reason) = event.finish_reason {
             finish = reason;
@@ -184,11 +198,12 @@ async fn collect(
         Endpoint::Chat => json!({
             "index": 0,
             "message": {"role": "assistant", "content": text},
-            "logprobs": null,
+            "logprobs": tokens.json(&meta),
             "finish_reason": finish.as_openai(),
         }),
         Endpoint::Completion => json!({
-            "index": 0, "text": text, "logprobs": null, "finish_reason": finish.as_openai(),
+            "index": 0, "text": text, "logprobs": tokens.json(&meta),
+            "finish_reason": finish.as_openai(),
         }),
     };
     Ok(Json(json!({
@@ -196,6 +211,67 @@ async fn collect(
         "model": meta.model, "choices": [choice],
         "usage": meta.usage(reader.completion_tokens),
     })))
+}
+
+/// The chosen tokens' log-probabilities of some events, when asked for.
+#[derive(Default)]
+struct TokenLogprobs {
+    /// (token text, its bytes, log-probability, byte offset in the answer)
+    tokens: Vec<(String, Vec<u8>, f32, usize)>,
+}
+
+impl TokenLogprobs {
+    /// Adds `event`'s tokens, whose text starts `offset` bytes into the answer.
+    fn add(&mut self, meta: &Meta, event: &TokenEvent, offset: usize) {
+        let Some(detokenizer) = &meta.pieces else {
+            return;
+        };
+        for (id, logprob) in event.ids.iter().zip(&event.logprobs) {
+            let bytes = token_bytes(detokenizer, *id);
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            self.tokens
+                .push((text, bytes, logprob.unwrap_or(f32::NAN), offset));
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// OpenAI's `logprobs` object for the endpoint, or `null` when not asked.
+    fn json(&self, meta: &Meta) -> Value {
+        if meta.pieces.is_none() {
+            return Value::Null;
+        }
+        // A missing log-probability (none here: the sampler gives each) is null.
+        let number = |l: f32| if l.is_finite() { json!(l) } else { Value::Null };
+        match meta.endpoint {
+            Endpoint::Chat => json!({
+                "content": self.tokens.iter().map(|(text, bytes, logprob, _)| json!({
+                    "token": text, "logprob": number(*logprob), "bytes": bytes,
+                    "top_logprobs": [],
+                })).collect::<Vec<_>>(),
+            }),
+            Endpoint::Completion => json!({
+                "tokens": self.tokens.iter().map(|t| &t.0).collect::<Vec<_>>(),
+                "token_logprobs": self.tokens.iter().map(|t| number(t.2)).collect::<Vec<_>>(),
+                "top_logprobs": null,
+                "text_offset": self.tokens.iter().map(|t| t.3).collect::<Vec<_>>(),
+            }),
+        }
+    }
+}
+
+/// One token's bytes: from the tokenizer's table where it has one (a token
+/// may hold part of a character), else its text decoded alone.
+fn token_bytes(detokenizer: &Detokenizer, id: u32) -> Vec<u8> {
+    match detokenizer.layout() {
+        Layout::ByteLevel(table) | Layout::SentencePiece { table, .. } => table.get(id).0.to_vec(),
+        _ => detokenizer
+            .decode(&[id], false)
+            .map(String::into_bytes)
+            .unwrap_or_default(),
+    }
 }
 
 /// Where the event stream is.
@@ -226,20 +302,23 @@ fn sse(
                 Phase::Start => {
                     if meta.endpoint == Endpoint::Chat {
                         let delta = json!({"role": "assistant", "content": ""});
-                        out.push(meta.chunk(delta, "", None));
+                        out.push(meta.chunk(delta, "", Value::Null, None));
                     }
                     Phase::Tokens
                 }
                 Phase::Tokens => match reader.next(&meta).await {
                     Some(Ok(event)) => {
-                        if !event.text.is_empty() {
+                        let mut tokens = TokenLogprobs::default();
+                        tokens.add(&meta, &event, reader.text_bytes);
+                        reader.text_bytes += event.text.len();
+                        if !event.text.is_empty() || !tokens.is_empty() {
                             let delta = json!({"content": event.text});
-                            out.push(meta.chunk(delta, &event.text, None));
+                            out.push(meta.chunk(delta, &event.text, tokens.json(&meta), None));
                         }
                         match &event.finish_reason {
                             None => Phase::Tokens,
                             Some(reason) => {
-                                out.push(meta.chunk(json!({}), "", Some(reason)));
+                                out.push(meta.chunk(json!({}), "", Value::Null, Some(reason)));
                                 if include_usage {
                                     out.push(json!({
                                         "id": meta.id, "object": meta.object(true),

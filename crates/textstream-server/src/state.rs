@@ -7,8 +7,13 @@ use textstream::Detokenizer;
 use textstream_engine::model::Model;
 
 use crate::config::ServerConfig;
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::pool::Batcher;
+
+/// Requests prepared (templated and tokenized) at once: a few, so that a
+/// burst of huge prompts queues here instead of taking every core.
+pub const PREPARE_AT_ONCE: usize = 4;
 
 /// The server's shared state: one model, its scheduler and counters.
 ///
@@ -27,6 +32,8 @@ struct Shared {
     config: ServerConfig,
     pool: Batcher,
     metrics: Arc<Metrics>,
+    /// Requests templated and tokenized at once, on the blocking pool.
+    preparing: tokio::sync::Semaphore,
 }
 
 impl AppState {
@@ -35,8 +42,11 @@ impl AppState {
     ///
     /// # Errors
     ///
-    /// When the operating system cannot start a thread.
+    /// When a CORS origin is not a valid origin (`InvalidInput`), or the
+    /// operating system cannot start a thread.
     pub fn new(model: Arc<Model>, config: ServerConfig) -> std::io::Result<Self> {
+        crate::guard::cors(&config.cors_origins)
+            .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
         let metrics = Arc::new(Metrics::default());
         let pool = Batcher::start(
             Arc::clone(&model),
@@ -52,6 +62,7 @@ impl AppState {
                 config,
                 pool,
                 metrics,
+                preparing: tokio::sync::Semaphore::new(PREPARE_AT_ONCE),
             }),
         })
     }
@@ -59,6 +70,26 @@ impl AppState {
     /// The model.
     pub fn model(&self) -> &Model {
         &self.inner.model
+    }
+
+    /// Runs `work` (templating, tokenizing: a megabyte prompt takes a
+    /// while) on tokio's blocking pool, at most [`PREPARE_AT_ONCE`] at a
+    /// time, so that it never stalls the async threads that carry every
+    /// other stream.
+    pub(crate) async fn prepare<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Model) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let _permit = self
+            .inner
+            .preparing
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Unavailable)?;
+        let model = Arc::clone(&self.inner.model);
+        tokio::task::spawn_blocking(move || work(&model))
+            .await
+            .map_err(|error| ApiError::Internal(format!("preparing the prompt failed: {error}")))?
     }
 
     /// The settings the server was started with.

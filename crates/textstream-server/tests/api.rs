@@ -145,7 +145,6 @@ async fn raw_sse_ends_with_finish_chunk_and_done() {
         .json(&json!({
             "model": "default", "stream": true, "max_tokens": 4, "temperature": 0,
             "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}],
-            "some_future_field": {"ignored": true},
         }))
         .send()
         .await

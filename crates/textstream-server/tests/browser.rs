@@ -475,3 +475,62 @@ async fn the_chat_page_streams_answers_keeps_the_conversation_and_stops() {
     browser.close().await.expect("close the browser");
     drop(driver);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chat_page_sends_the_api_key_it_keeps() {
+    if !browser_available() {
+        return;
+    }
+    let driver = Chromedriver::start().await;
+    let config = ServerConfig {
+        api_key: Some("page-key-1".to_owned()),
+        ..ServerConfig::default()
+    };
+    let (server, _recorded) = start_recording(config).await;
+    let browser = driver.browser().await;
+    browser
+        .goto(&format!("{}/", server.base))
+        .await
+        .expect("open /");
+
+    // Without the key: the answer bubble says what is wrong.
+    ask(&browser, "Hello", Some(4), false).await;
+    watch_answer(&browser).await;
+    let refused = last_answer(&browser).await.expect("an error bubble");
+    assert!(refused.contains("API key"), "{refused:?}");
+    assert_eq!(
+        server.metric("textstream_tokens_generated_total").await,
+        0.0
+    );
+
+    // With it (typed into the field; moving on to the message box keeps it).
+    let key = browser
+        .find(Locator::Id("api-key"))
+        .await
+        .expect("#api-key");
+    key.send_keys("page-key-1").await.expect("type the key");
+    ask(&browser, "Hello", Some(4), false).await;
+    watch_answer(&browser).await;
+    let classes = js(
+        &browser,
+        "const all = document.querySelectorAll('#log .assistant');
+         return all[all.length - 1].className;",
+    )
+    .await;
+    assert!(
+        !classes.as_str().expect("class").contains("error"),
+        "{classes}"
+    );
+    assert_eq!(
+        server.metric("textstream_tokens_generated_total").await,
+        4.0
+    );
+
+    // The key outlives a reload (the browser's local storage).
+    browser
+        .goto(&format!("{}/", server.base))
+        .await
+        .expect("reload /");
+    let kept = js(&browser, "return document.getElementById('api-key').value;").await;
+    assert_eq!(kept, "page-key-1");
+}

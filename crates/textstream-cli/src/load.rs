@@ -79,10 +79,7 @@ pub fn model(args: &ModelArgs) -> anyhow::Result<(Arc<Model>, Duration)> {
 /// Only the tokenizer (reads the GGUF metadata, not the weights).
 pub fn tokenizer(args: &ModelArgs) -> anyhow::Result<GgufTokenizer> {
     let path = model_path(args)?;
-    let mut file =
-        std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut file)
-        .with_context(|| format!("{} is not a readable GGUF file", path.display()))?;
+    let content = textstream_engine::model::read_metadata(&path)?;
     Ok(match args.tokenizer.as_deref() {
         Some(json) => GgufTokenizer::from_tokenizer_json(json, &content)?,
         None => GgufTokenizer::from_gguf(&content)?,

@@ -578,6 +578,20 @@ fn invalid(path: &Path, reason: impl Into<String>) -> EngineError {
     }
 }
 
+/// Reads a GGUF file's header and metadata (not its weights) through the
+/// same guard as [`Model::load`]: a malformed header (`general.alignment =
+/// 0` made candle divide by zero) is an error, never a panic. For commands
+/// that need only the tokenizer or the metadata.
+///
+/// # Errors
+///
+/// When the file cannot be opened or its header is malformed.
+pub fn read_metadata(path: &Path) -> Result<Content, EngineError> {
+    let file =
+        File::open(path).map_err(|error| invalid(path, format!("cannot open it: {error}")))?;
+    read_content(path, &mut BufReader::new(file))
+}
+
 /// Reads the GGUF header and metadata.
 pub(crate) fn read_content(
     path: &Path,

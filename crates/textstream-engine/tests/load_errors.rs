@@ -173,3 +173,53 @@ fn missing_metadata_is_an_error() {
     let err = load_err(&path);
     assert!(matches!(err, EngineError::Metadata { .. }), "{err}");
 }
+
+/// Where the data offset of tensor `name` is stored in a GGUF file's tensor
+/// table: after its name (a u64 length, then the bytes), its dimension
+/// count (u32), its dimensions (u64 each) and its type (u32).
+fn offset_field(bytes: &[u8], name: &str) -> usize {
+    let mut pattern = (name.len() as u64).to_le_bytes().to_vec();
+    pattern.extend_from_slice(name.as_bytes());
+    let at = bytes
+        .windows(pattern.len())
+        .position(|w| w == pattern.as_slice())
+        .unwrap_or_else(|| panic!("{name} is in the tensor table"));
+    let dims_at = at + pattern.len();
+    let n_dims = u32::from_le_bytes(bytes[dims_at..dims_at + 4].try_into().expect("4 bytes"));
+    dims_at + 4 + 8 * n_dims as usize + 4
+}
+
+#[test]
+fn tensors_that_share_bytes_are_errors() {
+    let dir = TempDir::new("overlap");
+    let path = dir.join("overlap.gguf");
+    write_tiny_model(&path, 3).expect("write");
+    let mut bytes = std::fs::read(&path).expect("read");
+    // Point one tensor at another's bytes: both extents lie inside the file.
+    let source = offset_field(&bytes, "blk.0.attn_q.weight");
+    let target = offset_field(&bytes, "blk.0.attn_output.weight");
+    let offset: [u8; 8] = bytes[source..source + 8].try_into().expect("8 bytes");
+    assert_ne!(&bytes[target..target + 8], &offset);
+    bytes[target..target + 8].copy_from_slice(&offset);
+    std::fs::write(&path, &bytes).expect("write");
+    let err = load_err(&path);
+    assert!(matches!(err, EngineError::InvalidModel { .. }), "{err}");
+    assert!(err.to_string().contains("overlap"), "{err}");
+}
+
+#[test]
+fn a_zero_alignment_is_an_error_for_every_reader() {
+    let dir = TempDir::new("alignment");
+    let path = dir.join("alignment.gguf");
+    TinyModel {
+        metadata_overrides: vec![("general.alignment".to_owned(), Value::U32(0))],
+        ..TinyModel::default()
+    }
+    .write(&path)
+    .expect("write");
+    let err = load_err(&path);
+    assert!(matches!(err, EngineError::InvalidModel { .. }), "{err}");
+    // The metadata-only reader (`tokenize`, `replay`) goes through the same guard.
+    let err = textstream_engine::model::read_metadata(&path).expect_err("refused");
+    assert!(matches!(err, EngineError::InvalidModel { .. }), "{err}");
+}

@@ -213,9 +213,24 @@ pub fn check(
         architecture: architecture.to_owned(),
     })?;
     let hparams = family.hparams(content).map_err(CheckError::Engine)?;
-    // Every tensor, used or not, must be a loadable type and lie inside the file.
+    // Every tensor, used or not, must be a loadable type and lie inside the
+    // file, and no two may share bytes: a crafted file whose tensors all
+    // point at one region would pass the size checks and multiply memory
+    // at load (each tensor is read into memory of its own).
+    let mut extents = Vec::with_capacity(content.tensor_infos.len());
     for (name, tensor) in &content.tensor_infos {
-        check_extent(name, tensor, content.tensor_data_offset, file_size)?;
+        let extent = check_extent(name, tensor, content.tensor_data_offset, file_size)?;
+        extents.push((extent, name));
+    }
+    extents.sort_by_key(|(extent, name)| (extent.start, extent.end, *name));
+    for pair in extents.windows(2) {
+        let ((first, first_name), (second, second_name)) = (&pair[0], &pair[1]);
+        if second.start < first.end {
+            return Err(CheckError::Invalid(format!(
+                "tensors {first_name} (bytes {first:?}) and {second_name} (bytes {second:?}) \
+                 overlap: the file is corrupt"
+            )));
+        }
     }
     for (name, shape) in expected_tensors(family, &hparams, content) {
         let info = content
@@ -322,13 +337,14 @@ fn expected_tensors(
 }
 
 /// Checks that a tensor's type is loadable and its bytes lie inside the
-/// file, with overflow-checked arithmetic (a crafted shape can overflow).
+/// file, with overflow-checked arithmetic (a crafted shape can overflow);
+/// returns where its bytes are.
 fn check_extent(
     name: &str,
     tensor: &TensorInfo,
     data_offset: u64,
     file_size: u64,
-) -> Result<(), CheckError> {
+) -> Result<std::ops::Range<u64>, CheckError> {
     if !LOADABLE_TYPES.contains(&tensor.ggml_dtype) {
         return Err(CheckError::TensorType {
             tensor: name.to_owned(),
@@ -351,17 +367,18 @@ fn check_extent(
     let bytes = (elements / block)
         .checked_mul(tensor.ggml_dtype.type_size())
         .and_then(|b| u64::try_from(b).ok());
+    let start = data_offset.checked_add(tensor.offset);
     let end = bytes
-        .and_then(|b| data_offset.checked_add(tensor.offset)?.checked_add(b))
+        .and_then(|b| start?.checked_add(b))
         .filter(|&end| end <= file_size);
-    if end.is_none() {
-        return Err(CheckError::Invalid(format!(
+    match (start, end) {
+        (Some(start), Some(end)) => Ok(start..end),
+        _ => Err(CheckError::Invalid(format!(
             "tensor {name} ({dims:?} {:?} at offset {}) lies beyond the end of the file \
              ({file_size} bytes): the file is truncated or corrupt",
             tensor.ggml_dtype, tensor.offset
-        )));
+        ))),
     }
-    Ok(())
 }
 
 impl Transformer {

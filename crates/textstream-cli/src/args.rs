@@ -181,6 +181,11 @@ pub struct ServeArgs {
     /// proxy on this machine that forwards its public name needs this.
     #[arg(long)]
     pub allow_any_host: bool,
+    /// On SIGINT or SIGTERM, how long streams in flight may go on (seconds);
+    /// then each still open ends with an error event. A second signal exits
+    /// at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = textstream_server::DEFAULT_SHUTDOWN_TIMEOUT.as_secs())]
+    pub shutdown_timeout: u64,
 }
 
 /// Release policy names on the command line.

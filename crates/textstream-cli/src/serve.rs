@@ -38,6 +38,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         model_name,
         api_key,
         cors_origins: args.cors_origins.clone(),
+        shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
         host_check: match args.allow_any_host {
             true => HostCheck::Any,
             false => HostCheck::Auto,
@@ -90,8 +91,20 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Resolves on the first SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+/// Resolves on the first SIGINT (Ctrl-C) or, on Unix, SIGTERM; a second
+/// one then exits the process at once.
 async fn shutdown_signal() {
+    signal().await;
+    eprintln!("shutting down: streams in flight may finish (--shutdown-timeout); a second signal exits now");
+    tokio::spawn(async {
+        signal().await;
+        eprintln!("second signal: exiting now");
+        std::process::exit(130);
+    });
+}
+
+/// Resolves on the next SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+async fn signal() {
     let interrupt = async {
         if let Err(error) = tokio::signal::ctrl_c().await {
             eprintln!("cannot listen for Ctrl-C: {error}");

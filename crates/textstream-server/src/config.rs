@@ -13,6 +13,12 @@ pub const DEFAULT_MAX_QUEUE: usize = 16;
 /// prompt that fits a small model's context.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// How long streams may go on after shutdown begins, by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Silence after which a stream gets an SSE comment, by default.
+pub const DEFAULT_SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
 /// The model name the server answers to by default (besides `"default"`).
 pub const DEFAULT_MODEL_NAME: &str = "textstream";
 
@@ -42,6 +48,14 @@ pub struct ServerConfig {
     pub cors_origins: Vec<String>,
     /// Which `Host` headers are answered; see [`HostCheck`].
     pub host_check: HostCheck,
+    /// After shutdown begins, how long streams in flight may go on; then
+    /// each still open ends with an error event (non-streamed answers with
+    /// `503`). By default, [`DEFAULT_SHUTDOWN_TIMEOUT`].
+    pub shutdown_timeout: Duration,
+    /// A stream that has sent nothing for this long (waiting in the queue,
+    /// a long prompt) gets an SSE comment line, so that proxies and clients
+    /// do not take it for dead. By default, [`DEFAULT_SSE_KEEP_ALIVE`].
+    pub sse_keep_alive: Duration,
     /// Sleeps this long before each generated token. Only for tests that
     /// need a generation to last (queueing, cancellation); `None` by default.
     #[doc(hidden)]
@@ -58,6 +72,8 @@ impl Default for ServerConfig {
             api_key: None,
             cors_origins: Vec::new(),
             host_check: HostCheck::Auto,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            sse_keep_alive: DEFAULT_SSE_KEEP_ALIVE,
             token_delay: None,
         }
     }

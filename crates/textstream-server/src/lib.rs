@@ -54,7 +54,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 pub use config::{
     HostCheck, ServerConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_MODEL_NAME,
-    DEFAULT_WORKERS,
+    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SSE_KEEP_ALIVE, DEFAULT_WORKERS,
 };
 pub use error::{ApiError, RETRY_AFTER_SECS};
 pub use metrics::{Metrics, TTFT_BUCKETS_SECS};
@@ -113,7 +113,8 @@ async fn count_status(State(state): State<AppState>, request: Request, next: Nex
 /// Serves [`app`] on `listener` (checking `Host` on a loopback listener
 /// unless configured otherwise) until `shutdown` resolves; then stops
 /// accepting connections and returns once the responses in flight (streams
-/// included) have ended.
+/// included) have ended, or once `config.shutdown_timeout` has passed and
+/// the streams still open were ended with an error event.
 ///
 /// # Errors
 ///
@@ -127,6 +128,16 @@ pub async fn serve(
         HostCheck::Loopback => true,
         HostCheck::Any => false,
         HostCheck::Auto => listener.local_addr()?.ip().is_loopback(),
+    };
+    let closer = state.clone();
+    let timeout = state.config().shutdown_timeout;
+    let shutdown = async move {
+        shutdown.await;
+        // Streams in flight get `timeout` to finish; then they are ended.
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            closer.close_streams();
+        });
     };
     axum::serve(listener, router(state, check_host))
         .with_graceful_shutdown(shutdown)

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use axum::response::sse::{Event, Sse};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{stream, Stream, StreamExt};
@@ -115,10 +115,11 @@ pub(crate) async fn respond(
     })?;
     let metrics = Arc::clone(state.metrics());
     if plan.stream {
-        let body = sse(meta, events, metrics, plan.include_usage);
-        Ok(Sse::new(body).into_response())
+        let body = sse(meta, events, metrics, state.closing(), plan.include_usage);
+        let keep_alive = KeepAlive::new().interval(state.config().sse_keep_alive);
+        Ok(Sse::new(body).keep_alive(keep_alive).into_response())
     } else {
-        collect(meta, events, metrics)
+        collect(meta, events, metrics, state.closing())
             .await
             .map(IntoResponse::into_response)
     }
@@ -144,12 +145,19 @@ struct Reader {
     /// Bytes of text streamed so far (completions' `text_offset`).
     text_bytes: usize,
     first_seen: bool,
+    /// True once the server's shutdown timeout has run out.
+    closing: tokio::sync::watch::Receiver<bool>,
     _active: ActiveStream,
 }
 
 impl Reader {
-    fn new(events: TokenEventStream, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        events: TokenEventStream,
+        metrics: Arc<Metrics>,
+        closing: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
         Self {
+            closing,
             _active: ActiveStream::new(Arc::clone(&metrics)),
             events,
             metrics,
@@ -160,7 +168,14 @@ impl Reader {
     }
 
     async fn next(&mut self, meta: &Meta) -> Option<Result<TokenEvent, ApiError>> {
-        let event = self.events.next().await?;
+        let closing = &mut self.closing;
+        // False only when the server's state is gone: then the branch is off.
+        let closed = async move { closing.wait_for(|closing| *closing).await.is_ok() };
+        let event = tokio::select! {
+            event = self.events.next() => event?,
+            // Dropping the events (with the reader) cancels the generation.
+            true = closed => return Some(Err(ApiError::Unavailable)),
+        };
         Some(match event {
             Ok(event) => {
                 if !event.ids.is_empty() && !self.first_seen {
@@ -180,8 +195,9 @@ async fn collect(
     meta: Meta,
     events: TokenEventStream,
     metrics: Arc<Metrics>,
+    closing: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Json<Value>, ApiError> {
-    let mut reader = Reader::new(events, metrics);
+    let mut reader = Reader::new(events, metrics, closing);
     let mut text = String::new();
     let mut finish = FinishReason::Stop;
     let mut tokens = TokenLogprobs::default();
@@ -290,9 +306,10 @@ fn sse(
     meta: Meta,
     events: TokenEventStream,
     metrics: Arc<Metrics>,
+    closing: tokio::sync::watch::Receiver<bool>,
     include_usage: bool,
 ) -> impl Stream<Item = Result<Event, Infallible>> {
-    let reader = Reader::new(events, metrics);
+    let reader = Reader::new(events, metrics, closing);
     stream::unfold((reader, Phase::Start), move |(mut reader, phase)| {
         let meta = meta.clone();
         async move {

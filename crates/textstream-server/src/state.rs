@@ -34,6 +34,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     /// Requests templated and tokenized at once, on the blocking pool.
     preparing: tokio::sync::Semaphore,
+    /// Turns true when the shutdown timeout has run out: open streams end.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
@@ -63,6 +65,7 @@ impl AppState {
                 pool,
                 metrics,
                 preparing: tokio::sync::Semaphore::new(PREPARE_AT_ONCE),
+                closing: tokio::sync::watch::Sender::new(false),
             }),
         })
     }
@@ -90,6 +93,17 @@ impl AppState {
         tokio::task::spawn_blocking(move || work(&model))
             .await
             .map_err(|error| ApiError::Internal(format!("preparing the prompt failed: {error}")))?
+    }
+
+    /// A receiver that turns true when open streams must end.
+    pub(crate) fn closing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.closing.subscribe()
+    }
+
+    /// Ends every open stream (with an error event) and refuses new ones:
+    /// what [`crate::serve`] does when the shutdown timeout runs out.
+    pub fn close_streams(&self) {
+        self.inner.closing.send_replace(true);
     }
 
     /// The settings the server was started with.

@@ -5,6 +5,7 @@
 mod common;
 
 use common::{tiny_model, TestServer};
+use futures::StreamExt;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{json, Value};
 use textstream_server::{HostCheck, ServerConfig};
@@ -500,4 +501,47 @@ fn made_of(text: &str, pieces: &[String]) -> bool {
                     .strip_prefix(p.as_str())
                     .is_some_and(|rest| made_of(rest, pieces))
         })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_ends_streams_still_open_after_its_timeout_and_keeps_quiet_ones_alive() {
+    let server = TestServer::start(
+        tiny_model(),
+        ServerConfig {
+            token_delay: Some(std::time::Duration::from_millis(100)),
+            shutdown_timeout: std::time::Duration::from_millis(300),
+            sse_keep_alive: std::time::Duration::from_millis(20),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    // About 10 s of tokens: far longer than the shutdown timeout.
+    let body = chat(json!({"stream": true, "max_tokens": 100}));
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.base))
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    let mut chunks = response.bytes_stream();
+    let mut seen = String::new();
+    // The first token, then shut down.
+    while !seen.contains("\"content\":\"") || seen.matches("data: ").count() < 2 {
+        let chunk = chunks.next().await.expect("more").expect("bytes");
+        seen += &String::from_utf8_lossy(&chunk);
+    }
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(server.stop());
+    while let Some(chunk) = chunks.next().await {
+        seen += &String::from_utf8_lossy(&chunk.expect("bytes"));
+    }
+    stopping.await.expect("the server stopped");
+    let waited = started.elapsed();
+    // Ended by the timeout (not by the answer's end), with an error event.
+    assert!(waited < std::time::Duration::from_secs(5), "{waited:?}");
+    assert!(seen.contains("shutting down"), "{seen}");
+    assert!(seen.trim_end().ends_with("data: [DONE]"), "{seen}");
+    assert!(!seen.contains("finish_reason\":\"length"), "{seen}");
+    // Between tokens (100 ms apart) the stream got keep-alive comments.
+    assert!(seen.lines().any(|line| line.starts_with(':')), "{seen}");
 }

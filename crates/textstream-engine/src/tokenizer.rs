@@ -447,6 +447,21 @@ impl GgufTokenizer {
         self.tokenizer.id_to_token(id)?;
         self.tokenizer.decode(&[id], false).ok()
     }
+
+    /// The longest token as stored in the vocabulary, in bytes: no token
+    /// covers more text than that (decoders only shorten a token's string:
+    /// `Ġ` and `▁` become one space, `<0x41>` one byte). So a text of `n`
+    /// bytes is at least `n / longest_token_bytes()` tokens, which lets a
+    /// server refuse a prompt that cannot fit before tokenizing it.
+    pub fn longest_token_bytes(&self) -> usize {
+        (0..self.tokenizer.get_vocab_size(true))
+            .filter_map(|id| u32::try_from(id).ok())
+            .filter_map(|id| self.tokenizer.id_to_token(id))
+            .map(|token| token.len())
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    }
 }
 
 /// Special-token facts llama.cpp assumes when the metadata leaves them out.

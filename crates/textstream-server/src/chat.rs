@@ -17,6 +17,8 @@ pub(crate) async fn chat_completions(
 ) -> Result<Response, ApiError> {
     check_model(&state, &request.model)?;
     let messages = request.template_messages()?;
+    let bytes = messages.iter().map(|m| m.content.len()).sum();
+    state.check_prompt_bytes(bytes, "messages")?;
     let prompt_ids = state
         .prepare(move |model| {
             let prompt = model

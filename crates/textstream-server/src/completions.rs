@@ -17,6 +17,7 @@ pub(crate) async fn completions(
 ) -> Result<Response, ApiError> {
     check_model(&state, &request.model)?;
     let prompt = request.prompt_text()?.to_owned();
+    state.check_prompt_bytes(prompt.len(), "prompt")?;
     let prompt_ids = state
         .prepare(move |model| {
             model

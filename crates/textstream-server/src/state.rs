@@ -36,6 +36,9 @@ struct Shared {
     preparing: tokio::sync::Semaphore,
     /// Turns true when the shutdown timeout has run out: open streams end.
     closing: tokio::sync::watch::Sender<bool>,
+    /// The vocabulary's longest token in bytes (see
+    /// `GgufTokenizer::longest_token_bytes`).
+    longest_token_bytes: usize,
 }
 
 impl AppState {
@@ -50,6 +53,7 @@ impl AppState {
         crate::guard::cors(&config.cors_origins)
             .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
         let metrics = Arc::new(Metrics::default());
+        let longest_token_bytes = model.tokenizer().longest_token_bytes();
         let pool = Batcher::start(
             Arc::clone(&model),
             config.workers,
@@ -66,6 +70,7 @@ impl AppState {
                 metrics,
                 preparing: tokio::sync::Semaphore::new(PREPARE_AT_ONCE),
                 closing: tokio::sync::watch::Sender::new(false),
+                longest_token_bytes,
             }),
         })
     }
@@ -93,6 +98,24 @@ impl AppState {
         tokio::task::spawn_blocking(move || work(&model))
             .await
             .map_err(|error| ApiError::Internal(format!("preparing the prompt failed: {error}")))?
+    }
+
+    /// Refuses a prompt of `bytes` bytes that could not fit the context
+    /// however it tokenizes (each token covers at most the vocabulary's
+    /// longest token), before any time is spent tokenizing it.
+    pub(crate) fn check_prompt_bytes(&self, bytes: usize, param: &str) -> Result<(), ApiError> {
+        let at_least = bytes / self.inner.longest_token_bytes;
+        let context = self.model().context_length();
+        if at_least < context {
+            return Ok(());
+        }
+        Err(ApiError::InvalidRequest {
+            message: format!(
+                "the prompt is {bytes} bytes: at least {at_least} tokens, and the model's context is {context} tokens"
+            ),
+            param: Some(param.to_owned()),
+            code: Some("context_length_exceeded"),
+        })
     }
 
     /// A receiver that turns true when open streams must end.

@@ -545,3 +545,33 @@ async fn shutdown_ends_streams_still_open_after_its_timeout_and_keeps_quiet_ones
     // Between tokens (100 ms apart) the stream got keep-alive comments.
     assert!(seen.lines().any(|line| line.starts_with(':')), "{seen}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prompts_too_long_by_their_bytes_are_refused_before_tokenizing() {
+    let server = TestServer::tiny().await;
+    let model = tiny_model();
+    let longest = model.tokenizer().longest_token_bytes();
+    // Enough bytes for twice the context even if every token were the longest.
+    let text = "a".repeat(2 * longest * model.context_length());
+    for (path, body, param) in [
+        (
+            "/v1/completions",
+            json!({"model": "default", "prompt": text}),
+            "prompt",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "default", "messages": [{"role": "user", "content": text}]}),
+            "messages",
+        ),
+    ] {
+        let (status, _, json) = post(&server.base, path, &body, HeaderMap::new()).await;
+        assert_eq!(status, 400, "{json}");
+        assert_eq!(json["error"]["code"], "context_length_exceeded", "{json}");
+        assert_eq!(json["error"]["param"], param, "{json}");
+        // The byte check's own message: it answered before tokenizing.
+        let message = json["error"]["message"].as_str().expect("message");
+        assert!(message.contains("bytes: at least"), "{message}");
+    }
+    server.stop().await;
+}

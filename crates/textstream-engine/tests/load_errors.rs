@@ -223,3 +223,29 @@ fn a_zero_alignment_is_an_error_for_every_reader() {
     let err = textstream_engine::model::read_metadata(&path).expect_err("refused");
     assert!(matches!(err, EngineError::InvalidModel { .. }), "{err}");
 }
+
+#[test]
+fn a_token_of_megabytes_is_refused_before_the_tokenizer_is_built() {
+    let dir = TempDir::new("long-token");
+    let path = dir.join("long-token.gguf");
+    let mut tokens = TinyModel::tokens();
+    let last = tokens.len() - 1;
+    tokens[last] = "a".repeat(1 << 20);
+    TinyModel {
+        metadata_overrides: vec![(
+            "tokenizer.ggml.tokens".to_owned(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        )],
+        ..TinyModel::default()
+    }
+    .write(&path)
+    .expect("write");
+    let err = load_err(&path);
+    match &err {
+        EngineError::Metadata { key, reason } => {
+            assert_eq!(key, "tokenizer.ggml.tokens", "{err}");
+            assert!(reason.contains(&format!("element {last}")), "{err}");
+        }
+        other => panic!("expected a metadata error, got {other}"),
+    }
+}

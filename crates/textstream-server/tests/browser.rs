@@ -477,7 +477,7 @@ async fn the_chat_page_streams_answers_keeps_the_conversation_and_stops() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_chat_page_sends_the_api_key_it_keeps() {
+async fn the_chat_page_sends_the_api_key_it_keeps_and_starts_new_conversations() {
     if !browser_available() {
         return;
     }
@@ -486,7 +486,7 @@ async fn the_chat_page_sends_the_api_key_it_keeps() {
         api_key: Some("page-key-1".to_owned()),
         ..ServerConfig::default()
     };
-    let (server, _recorded) = start_recording(config).await;
+    let (server, recorded) = start_recording(config).await;
     let browser = driver.browser().await;
     browser
         .goto(&format!("{}/", server.base))
@@ -524,6 +524,19 @@ async fn the_chat_page_sends_the_api_key_it_keeps() {
     assert_eq!(
         server.metric("textstream_tokens_generated_total").await,
         4.0
+    );
+
+    // "New" starts a new conversation: an empty log, and the next request
+    // carries only its own message.
+    let new = browser.find(Locator::Id("new")).await.expect("#new");
+    new.click().await.expect("click New");
+    assert!(bubbles(&browser).await.is_empty());
+    ask(&browser, "Fresh start", Some(4), false).await;
+    watch_answer(&browser).await;
+    let requests = recorded.lock().expect("not poisoned").clone();
+    assert_eq!(
+        requests.last().expect("a request")["messages"],
+        json!([{"role": "user", "content": "Fresh start"}])
     );
 
     // The key outlives a reload (the browser's local storage).

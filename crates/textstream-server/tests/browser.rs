@@ -493,6 +493,24 @@ async fn the_chat_page_sends_the_api_key_it_keeps_and_starts_new_conversations()
         .await
         .expect("open /");
 
+    // The page names the model it talks to.
+    let started = Instant::now();
+    loop {
+        let name = js(
+            &browser,
+            "return document.getElementById('model').textContent;",
+        )
+        .await;
+        if name == json!(server.state.config().model_name) {
+            break;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "the model name never showed: {name}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+
     // Without the key: the answer bubble says what is wrong.
     ask(&browser, "Hello", Some(4), false).await;
     watch_answer(&browser).await;

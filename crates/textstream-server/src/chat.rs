@@ -6,7 +6,7 @@ use axum::response::Response;
 
 use crate::error::ApiError;
 use crate::extract::OpenAiJson;
-use crate::request::{check_model, plan, ChatRequest};
+use crate::request::{check_model, check_prompt_bytes, plan, ChatRequest};
 use crate::respond::{respond, Endpoint};
 use crate::state::AppState;
 
@@ -18,7 +18,7 @@ pub(crate) async fn chat_completions(
     check_model(&state, &request.model)?;
     let messages = request.template_messages()?;
     let bytes = messages.iter().map(|m| m.content.len()).sum();
-    state.check_prompt_bytes(bytes, "messages")?;
+    check_prompt_bytes(&state, bytes, "messages")?;
     let prompt_ids = state
         .prepare(move |model| {
             let prompt = model

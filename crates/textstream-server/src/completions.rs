@@ -6,7 +6,7 @@ use axum::response::Response;
 
 use crate::error::ApiError;
 use crate::extract::OpenAiJson;
-use crate::request::{check_model, plan, CompletionRequest};
+use crate::request::{check_model, check_prompt_bytes, plan, CompletionRequest};
 use crate::respond::{respond, Endpoint};
 use crate::state::AppState;
 
@@ -17,7 +17,7 @@ pub(crate) async fn completions(
 ) -> Result<Response, ApiError> {
     check_model(&state, &request.model)?;
     let prompt = request.prompt_text()?.to_owned();
-    state.check_prompt_bytes(prompt.len(), "prompt")?;
+    check_prompt_bytes(&state, prompt.len(), "prompt")?;
     let prompt_ids = state
         .prepare(move |model| {
             model

@@ -215,6 +215,28 @@ impl CompletionRequest {
     }
 }
 
+/// Refuses a prompt of `bytes` bytes that could not fit the context
+/// however it tokenizes (each token covers at most the vocabulary's longest
+/// token), before any time is spent tokenizing it.
+pub(crate) fn check_prompt_bytes(
+    state: &AppState,
+    bytes: usize,
+    param: &str,
+) -> Result<(), ApiError> {
+    let at_least = bytes / state.longest_token_bytes();
+    let context = state.model().context_length();
+    if at_least < context {
+        return Ok(());
+    }
+    Err(ApiError::InvalidRequest {
+        message: format!(
+            "the prompt is {bytes} bytes: at least {at_least} tokens, and the model's context is {context} tokens"
+        ),
+        param: Some(param.to_owned()),
+        code: Some("context_length_exceeded"),
+    })
+}
+
 /// Checks `params` against the model and `prompt_ids`; `prompt_param` names
 /// the field the prompt came from, for errors.
 pub(crate) fn plan(

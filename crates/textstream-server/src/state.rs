@@ -100,22 +100,9 @@ impl AppState {
             .map_err(|error| ApiError::Internal(format!("preparing the prompt failed: {error}")))?
     }
 
-    /// Refuses a prompt of `bytes` bytes that could not fit the context
-    /// however it tokenizes (each token covers at most the vocabulary's
-    /// longest token), before any time is spent tokenizing it.
-    pub(crate) fn check_prompt_bytes(&self, bytes: usize, param: &str) -> Result<(), ApiError> {
-        let at_least = bytes / self.inner.longest_token_bytes;
-        let context = self.model().context_length();
-        if at_least < context {
-            return Ok(());
-        }
-        Err(ApiError::InvalidRequest {
-            message: format!(
-                "the prompt is {bytes} bytes: at least {at_least} tokens, and the model's context is {context} tokens"
-            ),
-            param: Some(param.to_owned()),
-            code: Some("context_length_exceeded"),
-        })
+    /// The vocabulary's longest token in bytes: no token covers more text.
+    pub(crate) fn longest_token_bytes(&self) -> usize {
+        self.inner.longest_token_bytes
     }
 
     /// A receiver that turns true when open streams must end.

@@ -152,10 +152,7 @@ async fn raw_sse_ends_with_finish_chunk_and_done() {
         .text()
         .await
         .expect("body");
-    let data: Vec<&str> = body
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .collect();
+    let data = common::sse_data(&body);
     assert_eq!(data.last(), Some(&"[DONE]"));
     let finish: Value = serde_json::from_str(data[data.len() - 2]).expect("json");
     assert_eq!(finish["choices"][0]["finish_reason"], "length");

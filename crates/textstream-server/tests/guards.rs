@@ -376,9 +376,8 @@ async fn logprobs_come_with_each_token_streamed_or_not() {
         .text()
         .await
         .expect("body");
-    let items: Vec<Value> = sse
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
+    let items: Vec<Value> = common::sse_data(&sse)
+        .into_iter()
         .filter(|data| *data != "[DONE]")
         .map(|data| serde_json::from_str::<Value>(data).expect("json"))
         .flat_map(|chunk| {

@@ -139,3 +139,10 @@ impl TestServer {
         }
     }
 }
+
+/// The `data:` payloads of an SSE body, in order (`[DONE]` included).
+pub fn sse_data(body: &str) -> Vec<&str> {
+    body.lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .collect()
+}

@@ -186,6 +186,18 @@ pub struct ServeArgs {
     /// at once.
     #[arg(long, value_name = "SECONDS", default_value_t = textstream_server::DEFAULT_SHUTDOWN_TIMEOUT.as_secs())]
     pub shutdown_timeout: u64,
+    /// Close a connection that has not sent a whole request head within
+    /// SECONDS of opening or of its previous response (slow clients, idle
+    /// keep-alive connections).
+    #[arg(long, value_name = "SECONDS", default_value_t = textstream_server::DEFAULT_HEADER_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout: u64,
+    /// Answer 408 to a request whose body has not arrived within SECONDS.
+    #[arg(long, value_name = "SECONDS", default_value_t = textstream_server::DEFAULT_BODY_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout: u64,
+    /// Connections open at once; more wait to be accepted. The open-file
+    /// limit is raised to fit when the system allows.
+    #[arg(long, default_value_t = textstream_server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
 }
 
 /// Release policy names on the command line.

@@ -39,12 +39,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         api_key,
         cors_origins: args.cors_origins.clone(),
         shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+        header_timeout: std::time::Duration::from_secs(args.header_timeout),
+        body_timeout: std::time::Duration::from_secs(args.body_timeout),
+        max_connections: args.max_connections,
         host_check: match args.allow_any_host {
             true => HostCheck::Any,
             false => HostCheck::Auto,
         },
         ..ServerConfig::default()
     };
+    raise_open_file_limit(config.max_connections);
     let public = config.api_key.is_none() && !is_loopback(&args.host);
     let state = AppState::new(model, config).context("starting the server")?;
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -69,6 +73,29 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     })?;
     eprintln!("server stopped");
     Ok(())
+}
+
+/// File descriptors the process needs besides its connections (the model
+/// file, the listener, the runtime's own).
+const SPARE_FILES: u64 = 64;
+
+/// Raises the soft open-file limit so that `connections` fit (the common
+/// default of 1,024 would make accepts fail first); warns when the hard
+/// limit is lower.
+fn raise_open_file_limit(connections: usize) {
+    #[cfg(unix)]
+    {
+        let wanted = connections as u64 + SPARE_FILES;
+        match rlimit::increase_nofile_limit(wanted) {
+            Ok(got) if got < wanted => eprintln!(
+                "warning: the open-file limit is {got}: fewer than --max-connections {connections} connections can be open"
+            ),
+            Ok(_) => {}
+            Err(error) => eprintln!("warning: cannot raise the open-file limit: {error}"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = connections;
 }
 
 /// The first line of the key file, trimmed.

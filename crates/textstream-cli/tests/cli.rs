@@ -301,36 +301,89 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 #[test]
 fn serve_answers_and_exits_cleanly_on_sigterm() {
     let tiny = tiny_model("serve");
+    let (mut server, port) = start_server(&tiny, &[]);
+    let status = http_get(port, "/health").expect("an answer");
+    assert!(status.contains("200"), "{status}");
+    send_signal(&server, "-TERM");
+    let exit = server.wait().unwrap();
+    assert_eq!(exit.code(), Some(0), "serve did not exit 0 on SIGTERM");
+    let _ = std::fs::remove_file(tiny);
+}
+
+/// Starts `textstream serve` on the tiny model on a free port; waits until
+/// `/health` answers.
+fn start_server(tiny: &Path, extra: &[&str]) -> (std::process::Child, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut server = textstream()
+    let server = textstream()
         .args(["serve", "--port", &port.to_string(), "--workers", "1"])
-        .args(model_arg(&tiny))
+        .args(extra)
+        .args(model_arg(tiny))
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = http_get(port, "/health") {
-            break status;
-        }
+    while http_get(port, "/health").is_none() {
         assert!(
             std::time::Instant::now() < deadline,
             "the server never answered"
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
-    };
-    assert!(status.contains("200"), "{status}");
-    let killed = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+    }
+    (server, port)
+}
+
+fn send_signal(child: &std::process::Child, signal: &str) {
+    let sent = Command::new("kill")
+        .args([signal, &child.id().to_string()])
         .status()
         .unwrap();
-    assert!(killed.success());
-    let exit = server.wait().unwrap();
-    assert_eq!(exit.code(), Some(0), "serve did not exit 0 on SIGTERM");
+    assert!(sent.success());
+}
+
+/// Waits up to `limit` for `child` to exit.
+fn wait_for_exit(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn a_second_signal_exits_at_once_while_a_request_holds_the_shutdown() {
+    let tiny = tiny_model("second-signal");
+    let (mut server, port) = start_server(&tiny, &["--shutdown-timeout", "60"]);
+    // A request whose body never finishes is in flight: the first SIGTERM
+    // waits for it (up to the body timeout and the shutdown timeout).
+    let mut held = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        held,
+        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    send_signal(&server, "-TERM");
+    let waited = wait_for_exit(&mut server, std::time::Duration::from_secs(2));
+    assert!(waited.is_none(), "exited at the first signal: {waited:?}");
+    send_signal(&server, "-INT");
+    let exit = wait_for_exit(&mut server, std::time::Duration::from_secs(10));
+    let Some(exit) = exit else {
+        let _ = server.kill();
+        panic!("the second signal did not end the server");
+    };
+    assert_eq!(exit.code(), Some(130));
+    drop(held);
     let _ = std::fs::remove_file(tiny);
 }
 

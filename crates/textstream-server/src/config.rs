@@ -16,6 +16,16 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 /// How long streams may go on after shutdown begins, by default.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a connection may take to send a request's head, counted from
+/// its opening or from the end of its previous response, by default.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a request's body may take to arrive, by default.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Connections open at once by default; more wait to be accepted.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
+
 /// Silence after which a stream gets an SSE comment, by default.
 pub const DEFAULT_SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -52,6 +62,20 @@ pub struct ServerConfig {
     /// each still open ends with an error event (non-streamed answers with
     /// `503`). By default, [`DEFAULT_SHUTDOWN_TIMEOUT`].
     pub shutdown_timeout: Duration,
+    /// A connection that has not sent a whole request head within this
+    /// time, counted from its opening or from the end of its previous
+    /// response, is closed: this is both the header read timeout (slow
+    /// clients holding sockets) and the keep-alive idle timeout. By
+    /// default, [`DEFAULT_HEADER_TIMEOUT`].
+    pub header_timeout: Duration,
+    /// A request whose body has not wholly arrived within this time, from
+    /// when the handler starts reading it, gets `408`. By default,
+    /// [`DEFAULT_BODY_TIMEOUT`].
+    pub body_timeout: Duration,
+    /// Connections [`crate::serve`] keeps open at once; at the cap it
+    /// accepts no more until one closes (the rest wait in the listen
+    /// backlog). At least 1. By default, [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: usize,
     /// A stream that has sent nothing for this long (waiting in the queue,
     /// a long prompt) gets an SSE comment line, so that proxies and clients
     /// do not take it for dead. By default, [`DEFAULT_SSE_KEEP_ALIVE`].
@@ -74,6 +98,9 @@ impl Default for ServerConfig {
             host_check: HostCheck::Auto,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             sse_keep_alive: DEFAULT_SSE_KEEP_ALIVE,
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             token_delay: None,
         }
     }

@@ -53,6 +53,12 @@ pub enum ApiError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The body did not arrive within the configured time: `408`.
+    #[error("the request body did not arrive within {secs} s")]
+    BodyTimeout {
+        /// The limit in seconds.
+        secs: u64,
+    },
     /// Every worker is busy and the queue is full: `429` with `Retry-After`.
     #[error("the server is busy: all workers are generating and the queue is full; retry later")]
     QueueFull,
@@ -93,6 +99,7 @@ impl ApiError {
             ApiError::ForbiddenHost { .. } => StatusCode::FORBIDDEN,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             ApiError::QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -119,6 +126,7 @@ impl ApiError {
             ApiError::ForbiddenHost { .. } => (None, Some("forbidden_host")),
             ApiError::UnsupportedMediaType { .. } => (None, Some("unsupported_media_type")),
             ApiError::PayloadTooLarge { .. } => (None, Some("payload_too_large")),
+            ApiError::BodyTimeout { .. } => (None, Some("request_timeout")),
             ApiError::QueueFull => (None, Some("queue_full")),
             ApiError::NotFound { .. } => (None, Some("not_found")),
             ApiError::MethodNotAllowed => (None, Some("method_not_allowed")),

@@ -1,6 +1,6 @@
 //! [`OpenAiJson`]: reads a JSON body and rejects with [`ApiError`], so that
 //! malformed JSON, wrong types and bodies over the limit all get the OpenAI
-//! error shape.
+//! error shape, and a body that does not arrive in time gets `408`.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -31,8 +31,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for OpenAiJson<T> {
         }
         // `Bytes` honours the router's `DefaultBodyLimit`, both for a
         // declared `Content-Length` and for a chunked body that grows past it.
-        let bytes = Bytes::from_request(request, state)
+        let limit = state.config().body_timeout;
+        let bytes = tokio::time::timeout(limit, Bytes::from_request(request, state))
             .await
+            .map_err(|_elapsed| ApiError::BodyTimeout {
+                secs: limit.as_secs(),
+            })?
             .map_err(|rejection| {
                 if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::PayloadTooLarge {

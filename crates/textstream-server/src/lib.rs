@@ -5,7 +5,8 @@
 //! stepping every running request together, each with its own KV cache, the
 //! weights read once per step for all) behind a bounded queue, and the
 //! [`Metrics`]. [`app`] builds the routes; [`serve`] runs them on a listener
-//! until a shutdown future resolves, letting streams in flight finish.
+//! (HTTP/1.1, a connection cap, header and idle timeouts) until a shutdown
+//! future resolves, letting streams in flight finish.
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`,
 //! `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text) and
@@ -40,10 +41,9 @@ mod metrics;
 mod pool;
 mod request;
 mod respond;
+mod serve;
 mod state;
 mod web;
-
-use std::future::Future;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -53,12 +53,14 @@ use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
 pub use config::{
-    HostCheck, ServerConfig, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_QUEUE, DEFAULT_MODEL_NAME,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_SSE_KEEP_ALIVE, DEFAULT_WORKERS,
+    HostCheck, ServerConfig, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUE, DEFAULT_MODEL_NAME, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_SSE_KEEP_ALIVE, DEFAULT_WORKERS,
 };
 pub use error::{ApiError, RETRY_AFTER_SECS};
 pub use metrics::{Metrics, TTFT_BUCKETS_SECS};
 pub use request::{DEFAULT_MODEL_ALIAS, DEFAULT_TEMPERATURE};
+pub use serve::serve;
 pub use state::{AppState, PREPARE_AT_ONCE};
 
 /// The routes, with the body limit, panic catching, status counting, the
@@ -108,38 +110,4 @@ async fn count_status(State(state): State<AppState>, request: Request, next: Nex
     let response = next.run(request).await;
     state.metrics().record_status(response.status().as_u16());
     response
-}
-
-/// Serves [`app`] on `listener` (checking `Host` on a loopback listener
-/// unless configured otherwise) until `shutdown` resolves; then stops
-/// accepting connections and returns once the responses in flight (streams
-/// included) have ended, or once `config.shutdown_timeout` has passed and
-/// the streams still open were ended with an error event.
-///
-/// # Errors
-///
-/// When accepting connections fails.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let check_host = match state.config().host_check {
-        HostCheck::Loopback => true,
-        HostCheck::Any => false,
-        HostCheck::Auto => listener.local_addr()?.ip().is_loopback(),
-    };
-    let closer = state.clone();
-    let timeout = state.config().shutdown_timeout;
-    let shutdown = async move {
-        shutdown.await;
-        // Streams in flight get `timeout` to finish; then they are ended.
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            closer.close_streams();
-        });
-    };
-    axum::serve(listener, router(state, check_host))
-        .with_graceful_shutdown(shutdown)
-        .await
 }

@@ -1,5 +1,5 @@
 //! Counters the server keeps and `/metrics` renders as Prometheus text:
-//! requests by status code, active streams, queue depth, busy workers,
+//! requests by status code, open connections, active streams, queue depth, busy workers,
 //! tokens generated, cancelled generations and time to first token.
 
 use std::collections::BTreeMap;
@@ -22,6 +22,8 @@ const MICROS_PER_SEC: f64 = 1e6;
 pub struct Metrics {
     /// Responses by HTTP status code.
     requests: Mutex<BTreeMap<u16, u64>>,
+    /// Connections now open (HTTP/1.1, served by [`crate::serve`]).
+    pub(crate) open_connections: AtomicU64,
     /// Responses now reading a token stream (streaming or not).
     pub(crate) active_streams: AtomicU64,
     /// Jobs waiting for a worker.
@@ -91,7 +93,13 @@ impl Metrics {
                 "textstream_http_requests_total{{code=\"{code}\"}} {count}"
             );
         }
-        let gauges: [(&str, &str, &str, &AtomicU64); 6] = [
+        let gauges: [(&str, &str, &str, &AtomicU64); 7] = [
+            (
+                "textstream_open_connections",
+                "gauge",
+                "Client connections now open.",
+                &self.open_connections,
+            ),
             (
                 "textstream_active_streams",
                 "gauge",

@@ -52,6 +52,12 @@ impl AppState {
     pub fn new(model: Arc<Model>, config: ServerConfig) -> std::io::Result<Self> {
         crate::guard::cors(&config.cors_origins)
             .map_err(|message| std::io::Error::new(std::io::ErrorKind::InvalidInput, message))?;
+        if config.max_connections == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "max_connections must be at least 1",
+            ));
+        }
         let metrics = Arc::new(Metrics::default());
         let longest_token_bytes = model.tokenizer().longest_token_bytes();
         let pool = Batcher::start(

@@ -184,16 +184,37 @@ impl ChatRequest {
                     }
                     // Newer OpenAI name for the system role; templates know "system".
                     "developer" => "system",
-                    role => role,
+                    role @ ("system" | "user" | "assistant") => role,
+                    other => {
+                        return Err(ApiError::invalid(
+                            format!("messages[{i}].role"),
+                            format!(
+                                "the role {other:?} is not supported: use system, developer, user or assistant"
+                            ),
+                        ))
+                    }
                 };
                 let content = match &message.content {
                     None => String::new(),
                     Some(Content::Text(text)) => text.clone(),
-                    Some(Content::Parts(parts)) => parts
-                        .iter()
-                        .filter(|part| part.kind == "text")
-                        .filter_map(|part| part.text.as_deref())
-                        .collect(),
+                    Some(Content::Parts(parts)) => {
+                        let mut text = String::new();
+                        for (j, part) in parts.iter().enumerate() {
+                            match (part.kind.as_str(), &part.text) {
+                                ("text", Some(piece)) => text.push_str(piece),
+                                (kind, _) => {
+                                    return Err(ApiError::InvalidRequest {
+                                        message: format!(
+                                            "content parts of type {kind:?} (with a `text` field) are all this model takes"
+                                        ),
+                                        param: Some(format!("messages[{i}].content[{j}]")),
+                                        code: Some("unsupported_parameter"),
+                                    })
+                                }
+                            }
+                        }
+                        text
+                    }
                 };
                 Ok(Message::new(role, content))
             })

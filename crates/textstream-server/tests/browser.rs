@@ -4,7 +4,11 @@
 //! One test walks the page the way a person would: type, send, watch the
 //! answer grow while it streams, read the tokens/s line, answer again with the
 //! first exchange still in the conversation, then stop a long answer and see
-//! the server cancel the generation and free its worker.
+//! the server cancel the generation and free its worker. Others check the API
+//! key field, the settings (system prompt, temperature), the conversation
+//! history in local storage, and the Markdown rendering of answers (against a
+//! stub that streams a fixed answer: headings, lists, links, code, raw HTML)
+//! with its copy buttons.
 //!
 //! It needs `chromium` and `chromium-driver` (Debian's packages; CI installs
 //! them in `.ci/run`). Without them it fails, saying so: a browser test that
@@ -12,6 +16,7 @@
 
 mod common;
 
+use std::convert::Infallible;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
+use axum::http::header;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use common::{tiny_model, TestServer};
@@ -28,6 +34,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
 use textstream_server::{app, AppState, ServerConfig};
+use tokio::sync::{mpsc, Semaphore};
 
 /// What to install when the browser or its driver is missing.
 const INSTALL_HINT: &str = "install chromium and chromium-driver \
@@ -207,6 +214,25 @@ type Recorded = Arc<Mutex<Vec<Value>>>;
 /// The server's app with a layer in front that records chat request bodies,
 /// so the test can see what the page sent.
 async fn start_recording(config: ServerConfig) -> (TestServer, Recorded) {
+    start_server(config, None).await
+}
+
+/// Like [`start_recording`], but chat requests get the stub's answer instead
+/// of the model's. Returns the stub's gate: a [`Piece::Wait`] in an answer
+/// holds the stream until the test adds a permit.
+async fn start_stubbed(script: Script) -> (TestServer, Recorded, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let stub = Stub {
+        script,
+        gate: Arc::clone(&gate),
+    };
+    let (server, recorded) = start_server(ServerConfig::default(), Some(stub)).await;
+    (server, recorded, gate)
+}
+
+/// The app on an ephemeral port, recording chat request bodies; the stub,
+/// when there is one, answers them instead of the model.
+async fn start_server(config: ServerConfig, stub: Option<Stub>) -> (TestServer, Recorded) {
     let recorded = Recorded::default();
     let state = AppState::new(tiny_model(), config).expect("start workers");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -217,13 +243,14 @@ async fn start_recording(config: ServerConfig) -> (TestServer, Recorded) {
     let router =
         app(state.clone()).layer(middleware::from_fn(move |request: Request, next: Next| {
             let bodies = Arc::clone(&bodies);
-            async move { record(bodies, request, next).await }
+            let stub = stub.clone();
+            async move { record(bodies, stub, request, next).await }
         }));
     tokio::spawn(async move { axum::serve(listener, router).await });
     (TestServer::running(base, state), recorded)
 }
 
-async fn record(bodies: Recorded, request: Request, next: Next) -> Response {
+async fn record(bodies: Recorded, stub: Option<Stub>, request: Request, next: Next) -> Response {
     if request.uri().path() != "/v1/chat/completions" {
         return next.run(request).await;
     }
@@ -231,10 +258,107 @@ async fn record(bodies: Recorded, request: Request, next: Next) -> Response {
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
         .expect("request body");
-    let json = serde_json::from_slice(&bytes).expect("the page sends JSON");
-    bodies.lock().expect("not poisoned").push(json);
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let json: Value = serde_json::from_slice(&bytes).expect("the page sends JSON");
+    bodies.lock().expect("not poisoned").push(json.clone());
+    match stub {
+        Some(stub) => stub.respond(&json),
+        None => {
+            next.run(Request::from_parts(parts, Body::from(bytes)))
+                .await
+        }
+    }
+}
+
+/// One piece of a stubbed answer.
+#[derive(Clone, Debug)]
+enum Piece {
+    /// Text, streamed as one `chat.completion.chunk` event.
+    Text(String),
+    /// Holds the stream until the test adds a permit to the gate.
+    Wait,
+}
+
+/// The stub's answer to a chat request (its JSON body).
+type Script = Arc<dyn Fn(&Value) -> Vec<Piece> + Send + Sync>;
+
+/// Pause between the stub's writes, so that the page reads them one by one.
+const STUB_PAUSE: Duration = Duration::from_millis(10);
+
+/// Answers chat requests with a script's pieces, in OpenAI's streaming shape.
+#[derive(Clone)]
+struct Stub {
+    script: Script,
+    gate: Arc<Semaphore>,
+}
+
+impl Stub {
+    fn respond(&self, request: &Value) -> Response {
+        let pieces = (self.script)(request);
+        let gate = Arc::clone(&self.gate);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(1);
+        tokio::spawn(async move {
+            let mut tokens = 0;
+            for piece in pieces {
+                let text = match piece {
+                    Piece::Wait => {
+                        gate.acquire().await.expect("the gate stays open").forget();
+                        continue;
+                    }
+                    Piece::Text(text) => text,
+                };
+                tokens += 1;
+                // Each event in two writes, split in the middle (of a
+                // character, too, where it falls so): the page must put both
+                // together.
+                let event = sse_event(&stub_chunk(json!({ "content": text }), Value::Null));
+                let (first, second) = event.as_bytes().split_at(event.len() / 2);
+                for part in [first, second] {
+                    if tx.send(part.to_vec()).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(STUB_PAUSE).await;
+                }
+            }
+            let mut usage = stub_chunk(json!({}), Value::Null);
+            usage["choices"] = json!([]);
+            usage["usage"] = json!({
+                "prompt_tokens": 1,
+                "completion_tokens": tokens,
+                "total_tokens": tokens + 1,
+            });
+            for event in [
+                sse_event(&stub_chunk(json!({}), json!("stop"))),
+                sse_event(&usage),
+                "data: [DONE]\n\n".to_owned(),
+            ] {
+                if tx.send(event.into_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            let bytes = rx.recv().await?;
+            Some((Ok::<_, Infallible>(bytes), rx))
+        });
+        Response::builder()
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .body(Body::from_stream(stream))
+            .expect("a response")
+    }
+}
+
+fn stub_chunk(delta: Value, finish_reason: Value) -> Value {
+    json!({
+        "id": "chatcmpl-stub",
+        "object": "chat.completion.chunk",
+        "created": 0,
+        "model": "stub",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    })
+}
+
+fn sse_event(data: &Value) -> String {
+    format!("data: {data}\n\n")
 }
 
 /// Runs `script` (a function body) in the page and returns its value.
@@ -245,12 +369,13 @@ async fn js(browser: &Client, script: &str) -> Value {
         .unwrap_or_else(|error| panic!("{script}: {error}"))
 }
 
-/// The text of the last assistant bubble, `None` before there is one.
+/// The text of the last assistant bubble as streamed (its `data-raw`: the
+/// page renders it as Markdown), `None` before there is one.
 async fn last_answer(browser: &Client) -> Option<String> {
     let value = js(
         browser,
         "const all = document.querySelectorAll('#log .assistant');
-         return all.length ? all[all.length - 1].textContent : null;",
+         return all.length ? all[all.length - 1].dataset.raw ?? '' : null;",
     )
     .await;
     value.as_str().map(str::to_owned)
@@ -264,12 +389,13 @@ async fn busy(browser: &Client) -> bool {
         .expect("a boolean")
 }
 
-/// Every bubble in the log, as `(role, text)`.
+/// Every bubble in the log, as `(role, text)`: a user's text as shown, an
+/// answer's as streamed.
 async fn bubbles(browser: &Client) -> Vec<(String, String)> {
     let value = js(
         browser,
         "return Array.from(document.querySelectorAll('#log .msg'),
-                           (div) => [div.classList[1], div.textContent]);",
+                           (div) => [div.classList[1], div.dataset.raw ?? div.textContent]);",
     )
     .await;
     serde_json::from_value(value).expect("pairs of strings")
@@ -326,6 +452,45 @@ async fn watch_answer(browser: &Client) -> Vec<usize> {
         }
         assert!(started.elapsed() < PATIENCE, "the answer never finished");
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls `script` (a function body) until it returns `expected`.
+async fn wait_for(browser: &Client, script: &str, expected: &Value) {
+    let started = Instant::now();
+    loop {
+        let value = js(browser, script).await;
+        if value == *expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < PATIENCE,
+            "waited for {expected} from `{script}`; it is {value}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Clicks the element that `css` selects.
+async fn click(browser: &Client, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|error| panic!("{css}: {error}"))
+        .click()
+        .await
+        .unwrap_or_else(|error| panic!("click {css}: {error}"));
+}
+
+/// Replaces what the field with `id` holds with `text` (typed).
+async fn fill(browser: &Client, id: &str, text: &str) {
+    let field = browser
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|error| panic!("#{id}: {error}"));
+    field.clear().await.expect("clear the field");
+    if !text.is_empty() {
+        field.send_keys(text).await.expect("type into the field");
     }
 }
 
@@ -564,4 +729,576 @@ async fn the_chat_page_sends_the_api_key_it_keeps_and_starts_new_conversations()
         .expect("reload /");
     let kept = js(&browser, "return document.getElementById('api-key').value;").await;
     assert_eq!(kept, "page-key-1");
+}
+
+/// The stub's Markdown answer before it waits (inside the open code block).
+const MARKDOWN_HEAD: [&str; 7] = [
+    "# Heading\n\nSome **bo",
+    "ld** and *italic* text, `inline <b>code</b>`, naïve ✓.\n\n",
+    "- one\n- two\n\n1. first\n2. second\n\n",
+    "See [the docs](https://example.com/docs?q=1) or [bad](javascript:alert(1)).\n\n",
+    "Raw: <img src=x onerror=\"window.pwned=1\"> <script>window.pwned=2</script>\n\n",
+    "```rust\n",
+    "fn main() {\n",
+];
+/// The rest of it, streamed once the test opens the gate.
+const MARKDOWN_TAIL: [&str; 2] = ["    println!(\"<hi> & `bye`\");\n}\n", "```\n\nDone."];
+/// The code block's text.
+const CODE: &str = "fn main() {\n    println!(\"<hi> & `bye`\");\n}";
+
+/// `(Markdown, the HTML the page renders for it)`, for the cases the
+/// streamed answer does not cover.
+const RENDERED: [(&str, &str); 9] = [
+    (
+        "- a\n  - nested\n- b\n\n3. three\n4. four",
+        "<ul><li><p>a</p><ul><li><p>nested</p></li></ul></li><li><p>b</p></li></ul>\
+         <ol start=\"3\"><li><p>three</p></li><li><p>four</p></li></ol>",
+    ),
+    (
+        "line one\nline two\n\n> quoted\n\n---\n### Small ###",
+        "<p>line one<br>line two</p><blockquote><p>quoted</p></blockquote><hr><h3>Small</h3>",
+    ),
+    (
+        "| a | b |\n|---|--:|\n| 1 | 2 |",
+        "<div class=\"table\"><table><thead><tr><th>a</th><th style=\"text-align: right;\">b</th>\
+         </tr></thead><tbody><tr><td>1</td><td style=\"text-align: right;\">2</td></tr></tbody>\
+         </table></div>",
+    ),
+    (
+        "2 * 3 * 4, snake_case_name, \\*escaped\\*, ***both***, ~~gone~~, `unclosed",
+        "<p>2 * 3 * 4, snake_case_name, *escaped*, <strong><em>both</em></strong>, \
+         <del>gone</del>, `unclosed</p>",
+    ),
+    (
+        "[**bold link**](https://example.com/x) and https://example.com/y.",
+        "<p><a href=\"https://example.com/x\" rel=\"noopener noreferrer\" target=\"_blank\">\
+         <strong>bold link</strong></a> and <a href=\"https://example.com/y\" \
+         rel=\"noopener noreferrer\" target=\"_blank\">https://example.com/y</a>.</p>",
+    ),
+    // Only http(s) links: these stay text, and an image is no <img>.
+    (
+        "[rel](/etc) [data](data:text/html,<b>x</b>) [vb](vbscript:x) ![i](https://e.com/i.png)",
+        "<p>[rel](/etc) [data](data:text/html,&lt;b&gt;x&lt;/b&gt;) [vb](vbscript:x) !<a \
+         href=\"https://e.com/i.png\" rel=\"noopener noreferrer\" target=\"_blank\">i</a></p>",
+    ),
+    (
+        "<a href=\"javascript:alert(1)\">x</a> &lt; <!-- c -->",
+        "<p>&lt;a href=\"javascript:alert(1)\"&gt;x&lt;/a&gt; &amp;lt; &lt;!-- c --&gt;</p>",
+    ),
+    // A code block inside a list item, and an unterminated one (streaming).
+    (
+        "1. Run:\n   ```sh\n   ls <dir>\n   ```",
+        "<ol><li><p>Run:</p><div class=\"code\"><div class=\"code-bar\"><span>sh</span>\
+         <button class=\"copy\" type=\"button\" title=\"Copy this code\">Copy</button></div>\
+         <pre><code class=\"language-sh\">ls &lt;dir&gt;</code></pre></div></li></ol>",
+    ),
+    (
+        "```\nopen <code>",
+        "<div class=\"code\"><div class=\"code-bar\"><span>code</span><button class=\"copy\" \
+         type=\"button\" title=\"Copy this code\">Copy</button></div><pre><code>open \
+         &lt;code&gt;</code></pre></div>",
+    ),
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chat_page_renders_markdown_answers_safely_and_copies_code() {
+    if !browser_available() {
+        return;
+    }
+    let driver = Chromedriver::start().await;
+    let script: Script = Arc::new(|_| {
+        let text = |piece: &&str| Piece::Text((*piece).to_owned());
+        let mut pieces: Vec<Piece> = MARKDOWN_HEAD.iter().map(text).collect();
+        pieces.push(Piece::Wait);
+        pieces.extend(MARKDOWN_TAIL.iter().map(text));
+        pieces
+    });
+    let (server, recorded, gate) = start_stubbed(script).await;
+
+    // The page builds answers from DOM nodes: nothing in it parses HTML from
+    // a string; and its policy allows no other scripts or origins.
+    let response = reqwest::get(format!("{}/", server.base))
+        .await
+        .expect("GET /");
+    let policy = response
+        .headers()
+        .get("content-security-policy")
+        .expect("a Content-Security-Policy")
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    for directive in [
+        "default-src 'none'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(policy.contains(directive), "{policy}");
+    }
+    let page = response.text().await.expect("the page");
+    for sink in [
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "DOMParser",
+        "createContextualFragment",
+        "srcdoc",
+    ] {
+        assert!(!page.contains(sink), "the page uses {sink}");
+    }
+
+    let browser = driver.browser().await;
+    browser
+        .goto(&format!("{}/", server.base))
+        .await
+        .expect("open /");
+    ask(&browser, "Show **me** <i>Markdown</i>", Some(64), false).await;
+
+    // While the code block is still open, it shows as code so far.
+    wait_for(
+        &browser,
+        "const code = document.querySelector('#log .assistant pre > code');
+         return code && code.textContent;",
+        &json!("fn main() {"),
+    )
+    .await;
+    assert!(busy(&browser).await, "the stub holds the stream");
+    gate.add_permits(1);
+    watch_answer(&browser).await;
+
+    let answer = [MARKDOWN_HEAD.as_slice(), MARKDOWN_TAIL.as_slice()]
+        .concat()
+        .concat();
+    let seen = js(
+        &browser,
+        "const [user, answer] = document.querySelectorAll('#log .msg');
+         const texts = (css) => Array.from(answer.querySelectorAll(css), (node) => node.textContent);
+         return {
+           user: [user.childElementCount, user.textContent],
+           raw: answer.dataset.raw,
+           headings: texts('h1, h2, h3, h4, h5, h6'),
+           strong: texts('strong'),
+           em: texts('em'),
+           inlineCode: texts(':not(pre) > code'),
+           bullets: texts('ul > li'),
+           numbered: texts('ol > li'),
+           links: Array.from(answer.querySelectorAll('a'),
+                             (a) => [a.getAttribute('href'), a.textContent, a.rel, a.target]),
+           code: texts('pre > code'),
+           language: answer.querySelector('pre > code').className,
+           unsafe: answer.querySelectorAll('img, script, b, i, [onerror]').length,
+           pwned: window.pwned ?? null,
+           last: answer.lastElementChild.tagName + ' ' + answer.lastElementChild.textContent,
+           text: answer.textContent,
+         };",
+    )
+    .await;
+    let text = seen["text"].as_str().expect("the answer's text").to_owned();
+    assert_eq!(
+        seen,
+        json!({
+            // The user's message stays plain text.
+            "user": [0, "Show **me** <i>Markdown</i>"],
+            "raw": answer,
+            "headings": ["Heading"],
+            "strong": ["bold"],
+            "em": ["italic"],
+            "inlineCode": ["inline <b>code</b>"],
+            "bullets": ["one", "two"],
+            "numbered": ["first", "second"],
+            "links": [["https://example.com/docs?q=1", "the docs", "noopener noreferrer", "_blank"]],
+            "code": [CODE],
+            "language": "language-rust",
+            "unsafe": 0,
+            "pwned": null,
+            "last": "P Done.",
+            "text": text,
+        })
+    );
+    // HTML and a javascript: link show as the characters they are.
+    for literal in [
+        "<img src=x onerror=\"window.pwned=1\">",
+        "<script>window.pwned=2</script>",
+        "[bad](javascript:alert(1))",
+        "naïve ✓",
+    ] {
+        assert!(text.contains(literal), "{literal:?} not in {text:?}");
+    }
+    assert_eq!(recorded.lock().expect("not poisoned").len(), 1);
+
+    // Copy, through the Clipboard API (stubbed: headless permissions vary).
+    js(
+        &browser,
+        "window.copied = [];
+         navigator.clipboard.writeText = (text) => { window.copied.push(text); return Promise.resolve(); };",
+    )
+    .await;
+    let copy_button = "#log .assistant .code .copy";
+    click(&browser, copy_button).await;
+    let copied =
+        "return [window.copied, document.querySelector('#log .assistant .copy').textContent];";
+    wait_for(&browser, copied, &json!([[CODE], "Copied"])).await;
+    wait_for(&browser, copied, &json!([[CODE], "Copy"])).await;
+    // Without it: a hidden textarea's selection and execCommand('copy').
+    js(
+        &browser,
+        "Object.defineProperty(navigator, 'clipboard', { value: undefined, configurable: true });
+         window.copied = [];
+         document.execCommand = (command) => {
+           const area = document.activeElement;
+           window.copied.push([command, area.tagName,
+                               area.value.slice(area.selectionStart, area.selectionEnd)]);
+           return true;
+         };",
+    )
+    .await;
+    click(&browser, copy_button).await;
+    wait_for(
+        &browser,
+        copied,
+        &json!([[["copy", "TEXTAREA", CODE]], "Copied"]),
+    )
+    .await;
+    assert_eq!(
+        js(
+            &browser,
+            "return document.querySelectorAll('textarea').length;"
+        )
+        .await,
+        2,
+        "the copy textarea is gone again (the message box and the system prompt stay)"
+    );
+
+    // The renderer on its own, for what the answer above does not cover.
+    let sources: Vec<&str> = RENDERED.iter().map(|(source, _)| *source).collect();
+    let rendered = browser
+        .execute(
+            "return arguments[0].map((source) => {
+               const div = document.createElement('div');
+               div.append(window.textstream.renderMarkdown(source));
+               return div.innerHTML;
+             });",
+            vec![json!(sources)],
+        )
+        .await
+        .expect("render");
+    for ((source, expected), html) in RENDERED.iter().zip(rendered.as_array().expect("a list")) {
+        assert_eq!(html, expected, "rendering {source:?}");
+    }
+
+    browser.close().await.expect("close the browser");
+    drop(driver);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chat_page_sends_and_keeps_its_settings() {
+    if !browser_available() {
+        return;
+    }
+    let driver = Chromedriver::start().await;
+    let (server, recorded) = start_recording(ServerConfig::default()).await;
+    let browser = driver.browser().await;
+    let open = || async {
+        browser
+            .goto(&format!("{}/", server.base))
+            .await
+            .expect("open /");
+    };
+    open().await;
+    let panel = "return [document.getElementById('settings').hidden,
+                         document.getElementById('settings-toggle').getAttribute('aria-expanded')];";
+    let fields = "const t = document.getElementById('temperature');
+                  return [document.getElementById('system-prompt').value, t.value,
+                          t.getAttribute('aria-invalid')];";
+    let last_request = || recorded.lock().expect("not poisoned").last().cloned();
+
+    // Closed at first; the Settings button opens it. Defaults: no system
+    // prompt, temperature 0.7.
+    assert_eq!(js(&browser, panel).await, json!([true, "false"]));
+    click(&browser, "#settings-toggle").await;
+    assert_eq!(js(&browser, panel).await, json!([false, "true"]));
+    assert_eq!(js(&browser, fields).await, json!(["", "0.7", "false"]));
+
+    // Both go with the request: the system prompt as the first message.
+    fill(&browser, "system-prompt", "You are terse.").await;
+    fill(&browser, "temperature", "1.3").await;
+    ask(&browser, "Hi", Some(4), false).await;
+    watch_answer(&browser).await;
+    let request = last_request().expect("a request");
+    assert_eq!(
+        request["messages"],
+        json!([
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Hi"},
+        ])
+    );
+    assert_eq!(request["temperature"], json!(1.3));
+    let classes = js(
+        &browser,
+        "return document.querySelector('#log .assistant').className;",
+    )
+    .await;
+    assert_eq!(classes, "msg assistant", "the server took it");
+
+    // Kept over a reload.
+    open().await;
+    assert_eq!(
+        js(&browser, fields).await,
+        json!(["You are terse.", "1.3", "false"])
+    );
+
+    // Out of range: marked, and not sent (the server's default applies).
+    click(&browser, "#settings-toggle").await;
+    fill(&browser, "temperature", "5").await;
+    assert_eq!(
+        js(&browser, fields).await,
+        json!(["You are terse.", "5", "true"])
+    );
+    ask(&browser, "Again", Some(4), false).await;
+    watch_answer(&browser).await;
+    let request = last_request().expect("a request");
+    assert!(request.get("temperature").is_none(), "{request}");
+    assert_eq!(request["messages"][0]["role"], "system");
+    // Still marked after a reload, with the panel open to show it.
+    open().await;
+    assert_eq!(
+        js(&browser, fields).await,
+        json!(["You are terse.", "5", "true"])
+    );
+    assert_eq!(js(&browser, panel).await, json!([false, "true"]));
+
+    // Not a number at all: marked, not sent.
+    fill(&browser, "temperature", "-").await;
+    assert_eq!(
+        js(&browser, fields).await,
+        json!(["You are terse.", "", "true"])
+    );
+    ask(&browser, "Once more", Some(4), false).await;
+    watch_answer(&browser).await;
+    let request = last_request().expect("a request");
+    assert!(request.get("temperature").is_none(), "{request}");
+
+    // Both empty: nothing of them is sent, and nothing is marked.
+    fill(&browser, "temperature", "").await;
+    fill(&browser, "system-prompt", "").await;
+    ask(&browser, "Plain", Some(4), false).await;
+    watch_answer(&browser).await;
+    let request = last_request().expect("a request");
+    assert!(request.get("temperature").is_none(), "{request}");
+    assert_eq!(request["messages"][0]["role"], "user", "{request}");
+    assert_eq!(js(&browser, fields).await, json!(["", "", "false"]));
+    open().await;
+    assert_eq!(js(&browser, fields).await, json!(["", "", "false"]));
+    assert_eq!(recorded.lock().expect("not poisoned").len(), 4);
+
+    browser.close().await.expect("close the browser");
+    drop(driver);
+}
+
+/// The titles in the conversation list, top to bottom.
+async fn titles(browser: &Client) -> Vec<String> {
+    let value = js(
+        browser,
+        "return Array.from(document.querySelectorAll('#conversations .open'), (b) => b.textContent);",
+    )
+    .await;
+    serde_json::from_value(value).expect("strings")
+}
+
+/// `(role, text)` pairs, for comparing with [`bubbles`].
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(role, text)| ((*role).to_owned(), (*text).to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_chat_page_keeps_conversations_in_local_storage() {
+    if !browser_available() {
+        return;
+    }
+    let driver = Chromedriver::start().await;
+    // The stub answers "You said: **<the last message>**".
+    let script: Script = Arc::new(|request| {
+        let messages = request["messages"].as_array().expect("messages");
+        let last = messages.last().expect("a message")["content"]
+            .as_str()
+            .expect("text");
+        ["You said: ", "**", last, "**"]
+            .into_iter()
+            .map(|piece| Piece::Text(piece.to_owned()))
+            .collect()
+    });
+    let (server, recorded, _gate) = start_stubbed(script).await;
+    let browser = driver.browser().await;
+    let open = || async {
+        browser
+            .goto(&format!("{}/", server.base))
+            .await
+            .expect("open /");
+    };
+    let converse = |text: &'static str| {
+        let browser = &browser;
+        async move {
+            ask(browser, text, Some(8), false).await;
+            watch_answer(browser).await;
+        }
+    };
+    let last_messages = || {
+        recorded
+            .lock()
+            .expect("not poisoned")
+            .last()
+            .expect("a request")["messages"]
+            .clone()
+    };
+    open().await;
+
+    // Whatever the stored list is, broken or of the wrong shape, the page
+    // starts with none, and works: it saves a conversation over it.
+    for broken in [
+        "{not json",
+        "{\"a\": 1}",
+        "[1, null, \"x\", {\"id\": 5}, {\"id\": \"x\", \"messages\": \"no\"}]",
+    ] {
+        browser
+            .execute(
+                "localStorage.setItem('textstream.conversations', arguments[0]);",
+                vec![json!(broken)],
+            )
+            .await
+            .expect("set the stored list");
+        open().await;
+        assert!(titles(&browser).await.is_empty(), "{broken}");
+        converse("Hello").await;
+        assert_eq!(titles(&browser).await, ["Hello"], "{broken}");
+        assert_eq!(
+            bubbles(&browser).await,
+            pairs(&[("user", "Hello"), ("assistant", "You said: **Hello**")]),
+            "{broken}"
+        );
+    }
+    js(
+        &browser,
+        "localStorage.removeItem('textstream.conversations');",
+    )
+    .await;
+    open().await;
+
+    // One conversation of two turns, then a new one.
+    converse("First question").await;
+    assert_eq!(titles(&browser).await, ["First question"]);
+    converse("Follow-up").await;
+    let first = pairs(&[
+        ("user", "First question"),
+        ("assistant", "You said: **First question**"),
+        ("user", "Follow-up"),
+        ("assistant", "You said: **Follow-up**"),
+    ]);
+    assert_eq!(bubbles(&browser).await, first);
+    click(&browser, "#new").await;
+    assert!(bubbles(&browser).await.is_empty());
+    converse("Second topic").await;
+    assert_eq!(
+        last_messages(),
+        json!([{"role": "user", "content": "Second topic"}])
+    );
+    assert_eq!(titles(&browser).await, ["Second topic", "First question"]);
+
+    // What is stored: id, title, time, messages.
+    let stored = js(
+        &browser,
+        "return JSON.parse(localStorage.getItem('textstream.conversations'));",
+    )
+    .await;
+    let stored = stored.as_array().expect("a list");
+    assert_eq!(stored.len(), 2);
+    assert!(stored[0]["id"].is_string() && stored[0]["updated"].is_number());
+    assert_eq!(stored[1]["title"], "First question");
+    assert_eq!(stored[1]["messages"].as_array().map(Vec::len), Some(4));
+
+    // After a reload: the list, newest first, and an empty log; the older
+    // conversation comes back, rendered, and goes on.
+    open().await;
+    assert!(bubbles(&browser).await.is_empty());
+    assert_eq!(titles(&browser).await, ["Second topic", "First question"]);
+    click(&browser, "#conversations li:nth-child(2) .open").await;
+    assert_eq!(bubbles(&browser).await, first);
+    assert_eq!(
+        js(
+            &browser,
+            "return [Array.from(document.querySelectorAll('#log .assistant strong'), (s) => s.textContent),
+                     document.querySelector('#conversations li.current .open').textContent];",
+        )
+        .await,
+        json!([["First question", "Follow-up"], "First question"])
+    );
+    converse("Third").await;
+    assert_eq!(
+        last_messages(),
+        json!([
+            {"role": "user", "content": "First question"},
+            {"role": "assistant", "content": "You said: **First question**"},
+            {"role": "user", "content": "Follow-up"},
+            {"role": "assistant", "content": "You said: **Follow-up**"},
+            {"role": "user", "content": "Third"},
+        ])
+    );
+    assert_eq!(titles(&browser).await, ["First question", "Second topic"]);
+
+    // Delete: another conversation, then the one on screen (which clears it).
+    click(&browser, "#conversations li:nth-child(2) .delete").await;
+    assert_eq!(titles(&browser).await, ["First question"]);
+    assert_eq!(bubbles(&browser).await.len(), 6);
+    click(&browser, "#conversations li:nth-child(1) .delete").await;
+    assert!(titles(&browser).await.is_empty());
+    assert!(bubbles(&browser).await.is_empty());
+    assert_eq!(
+        js(
+            &browser,
+            "return [document.getElementById('no-conversations').hidden,
+                     localStorage.getItem('textstream.conversations')];",
+        )
+        .await,
+        json!([false, "[]"])
+    );
+    converse("After deleting").await;
+    assert_eq!(
+        last_messages(),
+        json!([{"role": "user", "content": "After deleting"}])
+    );
+
+    // At most 50: a new one drops the oldest. A long first message makes a
+    // shortened title.
+    js(
+        &browser,
+        "localStorage.setItem('textstream.conversations', JSON.stringify(
+           Array.from({ length: 50 }, (_, k) => ({
+             id: 'old-' + k, title: 'Old ' + k, updated: k + 1,
+             messages: [{ role: 'user', content: 'Old ' + k }],
+           }))));",
+    )
+    .await;
+    open().await;
+    let listed = titles(&browser).await;
+    assert_eq!(
+        (listed.len(), listed[0].as_str(), listed[49].as_str()),
+        (50, "Old 49", "Old 0")
+    );
+    let long = "A rather long first message that goes on well past the title's length";
+    converse(long).await;
+    let listed = titles(&browser).await;
+    let title: String = long.chars().take(47).chain(['…']).collect();
+    assert_eq!(
+        (
+            listed.len(),
+            listed[0].as_str(),
+            listed[1].as_str(),
+            listed[49].as_str()
+        ),
+        (50, title.as_str(), "Old 49", "Old 1")
+    );
+
+    browser.close().await.expect("close the browser");
+    drop(driver);
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use textstream::{AsyncTextIteratorStreamer, Closed, FinishReason, StreamOptions, Streamer};
 
 use crate::model::{Model, Session};
+use crate::models::PROMPT_CHUNK;
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::EngineError;
 
@@ -224,7 +225,17 @@ fn run(
         return Ok(finish(tokens, reason, gone, timings));
     }
 
-    let mut logits = session.forward_last(prompt_ids, 0)?;
+    // The prompt in the chunks the model runs anyway, so that a consumer
+    // who leaves while a long prompt is read stops it within one chunk.
+    let mut logits = Vec::new();
+    for (i, chunk) in prompt_ids.chunks(PROMPT_CHUNK).enumerate() {
+        if i > 0 && streamer.is_closed() {
+            let (reason, gone) = closed_reason(&Closed::ConsumerGone);
+            timings.prefill = start.elapsed();
+            return Ok(finish(tokens, reason, gone, timings));
+        }
+        logits = session.forward_last(chunk, i * PROMPT_CHUNK)?;
+    }
     timings.prefill = start.elapsed();
     let decode_start = Instant::now();
     let mut pos = prompt_ids.len();
@@ -244,7 +255,7 @@ fn run(
         }
         tokens.push(picked.id);
         history.push(picked.id);
-        if let Err(closed) = streamer.put_token(picked.id, Some(picked.logprob)) {
+        if let Err(closed) = streamer.put_scored(picked.id, picked.logprob, &picked.top) {
             break closed_reason(&closed);
         }
         if tokens.len() >= config.max_new_tokens {

@@ -24,6 +24,10 @@ pub const DEFAULT_REPEAT_LAST_N: usize = 64;
 /// would make is the most likely token anyway.
 pub const GREEDY_BELOW_TEMPERATURE: f32 = 1e-5;
 
+/// The most alternatives a [`Sampler`] reports per token (OpenAI's limit
+/// for `top_logprobs`).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
 /// How the next token is chosen.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingConfig {
@@ -57,6 +61,9 @@ pub struct SamplingConfig {
     pub logit_bias: Vec<(u32, f32)>,
     /// Seeds the random generator. By default, [`DEFAULT_SEED`].
     pub seed: u64,
+    /// How many of the most likely tokens to report with each choice
+    /// ([`Sampled::top`]), at most [`MAX_TOP_LOGPROBS`]. By default, 0.
+    pub top_logprobs: usize,
 }
 
 impl Default for SamplingConfig {
@@ -71,6 +78,7 @@ impl Default for SamplingConfig {
             presence_penalty: 0.0,
             logit_bias: Vec::new(),
             seed: DEFAULT_SEED,
+            top_logprobs: 0,
         }
     }
 }
@@ -112,6 +120,12 @@ impl SamplingConfig {
                 &format!("token {id}'s bias {bias} is not finite"),
             );
         }
+        if self.top_logprobs > MAX_TOP_LOGPROBS {
+            return invalid(
+                "top_logprobs",
+                &format!("{} is more than {MAX_TOP_LOGPROBS}", self.top_logprobs),
+            );
+        }
         if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
             return invalid(
                 "repetition_penalty",
@@ -127,15 +141,38 @@ impl SamplingConfig {
     }
 }
 
+/// The indices of the `k` largest values, largest first (ties: lower index
+/// first). One pass that keeps a sorted list of `k`: a vocabulary-sized sort
+/// per token would cost more than the step's sampling.
+fn most_likely(logits: &[f32], k: usize) -> Vec<usize> {
+    let mut best: Vec<usize> = Vec::with_capacity(k + 1);
+    if k == 0 {
+        return best;
+    }
+    for (i, &logit) in logits.iter().enumerate() {
+        if best.len() == k && logit <= logits[best[k - 1]] {
+            continue;
+        }
+        let at = best.partition_point(|&j| logits[j] >= logit);
+        best.insert(at, i);
+        best.truncate(k);
+    }
+    best
+}
+
 /// A chosen token.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sampled {
     /// The token id.
     pub id: u32,
     /// Its natural-log probability under `softmax(logits / T)` after the
-    /// repetition penalty and before top-k/top-p cut the candidates; greedy
+    /// penalties and bias and before top-k/top-p cut the candidates; greedy
     /// decoding uses `T = 1`, so it is the model's own log-probability.
     pub logprob: f32,
+    /// The [`SamplingConfig::top_logprobs`] most likely tokens under the same
+    /// distribution, most likely first (ties: lower id first), with their
+    /// log-probabilities; empty when none were asked for.
+    pub top: Vec<(u32, f32)>,
 }
 
 /// Chooses tokens from logits as a [`SamplingConfig`] says.
@@ -204,6 +241,10 @@ impl Sampler {
         }
         let log_z = f64::from(max) + sum_exp.ln();
         let logprob = |logit: f32| (f64::from(logit) - log_z) as f32;
+        let top = most_likely(logits, self.config.top_logprobs)
+            .into_iter()
+            .map(|id| (id as u32, logprob(logits[id])))
+            .collect();
 
         let id = if self.config.is_greedy() {
             // The first logit equal to the maximum: `argmax` without its
@@ -218,6 +259,7 @@ impl Sampler {
                 message: format!("token index {id} does not fit in u32"),
             })?,
             logprob: logprob(logits[id]),
+            top,
         })
     }
 
@@ -543,6 +585,50 @@ mod tests {
             // Candidates with equal logits may come in either order.
             proptest::prop_assert_eq!(logits[picked], logits[want], "{} vs {}", picked, want);
         }
+
+        /// The reported alternatives are the `k` most likely tokens of a
+        /// full sort (ties by lower id), with the chosen token's own
+        /// log-probability where they include it; greedy picks the first.
+        #[test]
+        fn alternatives_are_the_most_likely_tokens(
+            logits in proptest::collection::vec(-8.0f32..8.0, 1..500),
+            k in 1usize..=MAX_TOP_LOGPROBS,
+            temperature in proptest::prop_oneof![proptest::strategy::Just(0.0f32), 0.3f32..2.0],
+            seed in 0u64..1000,
+        ) {
+            // Rounded logits, so that ties happen.
+            let logits: Vec<f32> = logits.iter().map(|l| (l * 4.0).round() / 4.0).collect();
+            let config = SamplingConfig { temperature, top_logprobs: k, seed, ..SamplingConfig::default() };
+            let picked = sampler(config).sample(&mut logits.clone(), &[]).expect("sample");
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+            let want: Vec<u32> = order.iter().take(k).map(|&i| i as u32).collect();
+            let got: Vec<u32> = picked.top.iter().map(|t| t.0).collect();
+            proptest::prop_assert_eq!(&got, &want);
+            let t = if temperature == 0.0 { 1.0 } else { temperature };
+            let z: f64 = logits.iter().map(|&l| (f64::from(l) / f64::from(t)).exp()).sum();
+            for &(id, logprob) in &picked.top {
+                let exact = f64::from(logits[id as usize]) / f64::from(t) - z.ln();
+                proptest::prop_assert!((f64::from(logprob) - exact).abs() < 1e-3, "{} vs {}", logprob, exact);
+                if id == picked.id {
+                    proptest::prop_assert_eq!(logprob, picked.logprob);
+                }
+            }
+            if temperature == 0.0 {
+                proptest::prop_assert_eq!(picked.top[0].0, picked.id);
+            }
+        }
+    }
+
+    #[test]
+    fn alternatives_beyond_the_limit_are_refused() {
+        let config = SamplingConfig {
+            top_logprobs: MAX_TOP_LOGPROBS + 1,
+            ..SamplingConfig::default()
+        };
+        assert!(Sampler::new(config).is_err());
+        let mut s = sampler(SamplingConfig::default());
+        assert!(s.sample(&mut logits(), &[]).expect("sample").top.is_empty());
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub struct SchedulerStats {
     step_tokens: AtomicU64,
     last_sequences: AtomicU64,
     reused_tokens: AtomicU64,
+    abandoned: AtomicU64,
 }
 
 impl SchedulerStats {
@@ -119,6 +120,12 @@ impl SchedulerStats {
     /// (prefix-cache hits, in tokens).
     pub fn reused_tokens(&self) -> u64 {
         self.reused_tokens.load(Ordering::Relaxed)
+    }
+
+    /// Sequences ended while still reading their prompt because their
+    /// consumer had left.
+    pub fn abandoned(&self) -> u64 {
+        self.abandoned.load(Ordering::Relaxed)
     }
 }
 
@@ -393,8 +400,35 @@ impl Loop {
         }
     }
 
+    /// Ends the sequences still reading their prompt whose consumer has
+    /// left: their slot is free for the next step, not after the prompt.
+    fn drop_abandoned(&mut self) {
+        let running = std::mem::take(&mut self.running);
+        for mut seq in running {
+            if seq.fed < seq.request.prompt_ids.len() && seq.request.streamer.is_closed() {
+                let (finish_reason, consumer_gone) =
+                    closed_reason(&textstream::Closed::ConsumerGone);
+                seq.timings.prefill = seq.started.elapsed();
+                self.stats.abandoned.fetch_add(1, Ordering::Relaxed);
+                let _ = seq.request.done.send(Ok(GenerateOutput {
+                    tokens: Vec::new(),
+                    finish_reason,
+                    consumer_gone,
+                    timings: seq.timings,
+                }));
+                self.idle.push(seq.session);
+            } else {
+                self.running.push(seq);
+            }
+        }
+    }
+
     /// One forward pass of every running sequence, then each one's token.
     fn step(&mut self) {
+        self.drop_abandoned();
+        if self.running.is_empty() {
+            return;
+        }
         // Decoding sequences first (one token each), then prompt chunks in
         // the order the sequences arrived, within the step's budget.
         let mut budget = self.config.step_tokens;
@@ -506,7 +540,7 @@ impl Loop {
             match seq
                 .request
                 .streamer
-                .put_token(picked.id, Some(picked.logprob))
+                .put_scored(picked.id, picked.logprob, &picked.top)
             {
                 Err(closed) => Some(closed_reason(&closed)),
                 Ok(()) if seq.tokens.len() >= seq.request.config.max_new_tokens => {

@@ -440,3 +440,54 @@ fn spawn_generate_runs_on_its_own_thread() {
             .tokens
     );
 }
+
+/// A streamer whose consumer leaves once the prompt is put: it says so
+/// when asked, and counts the asking.
+#[derive(Default)]
+struct LeavesAfterPrompt {
+    puts: usize,
+    asked: std::cell::Cell<usize>,
+}
+
+impl textstream::Streamer for LeavesAfterPrompt {
+    fn put(&mut self, _ids: &[u32]) -> Result<(), Closed> {
+        self.puts += 1;
+        Ok(())
+    }
+    fn is_closed(&self) -> bool {
+        self.asked.set(self.asked.get() + 1);
+        self.puts > 0
+    }
+    fn finish(&mut self, _reason: FinishReason) {}
+    fn fail(&mut self, _error: Box<dyn std::error::Error + Send + Sync>) {}
+}
+
+#[test]
+fn a_consumer_that_leaves_during_a_long_prompt_stops_it_within_a_chunk() {
+    use textstream_engine::models::PROMPT_CHUNK;
+    let tiny = TinyModel {
+        context_length: 4096,
+        ..TinyModel::default()
+    };
+    let file = TempModel::new("leaves-in-prompt", &tiny);
+    let model = file.load();
+    let ids: Vec<u32> = (0..(2 * PROMPT_CHUNK + 100) as u32)
+        .map(|i| 3 + (i * 37) % 250)
+        .collect();
+    let mut streamer = LeavesAfterPrompt::default();
+    let output = generate(
+        &mut model.session(),
+        &ids,
+        &config(10, SamplingConfig::default()),
+        &mut streamer,
+    )
+    .expect("generate");
+    assert!(output.consumer_gone, "{output:?}");
+    assert!(output.tokens.is_empty(), "no token computed for nobody");
+    assert_eq!(streamer.puts, 1, "the prompt only");
+    assert_eq!(
+        streamer.asked.get(),
+        1,
+        "asked before the second chunk, and stopped there"
+    );
+}

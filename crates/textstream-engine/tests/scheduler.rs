@@ -328,3 +328,58 @@ fn a_follow_up_turn_runs_only_its_new_tokens() {
     assert_eq!(reused, (follow_up.len() - 1) as u64);
     assert_eq!(third.tokens, alone.tokens);
 }
+
+/// A streamer whose consumer is gone once the prompt is put (a client that
+/// left while its long prompt was read).
+#[derive(Clone, Default)]
+struct LeavesAfterPrompt(Arc<std::sync::atomic::AtomicBool>);
+
+impl textstream::Streamer for LeavesAfterPrompt {
+    fn put(&mut self, _: &[u32]) -> Result<(), Closed> {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+    fn is_closed(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn finish(&mut self, _: FinishReason) {}
+    fn fail(&mut self, _: Box<dyn std::error::Error + Send + Sync>) {}
+}
+
+#[test]
+fn a_consumer_that_leaves_during_its_prompt_frees_the_slot_before_the_prompt_ends() {
+    let model = model();
+    // Eight prompt tokens a step: a 100-token prompt would take 13 steps.
+    let scheduler = Scheduler::new(
+        Arc::clone(&model),
+        SchedulerConfig {
+            max_batch: 1,
+            max_waiting: 4,
+            step_tokens: 8,
+        },
+    )
+    .expect("scheduler");
+    let left = scheduler
+        .submit(
+            prompt(100, 5),
+            exactly(5),
+            Box::new(LeavesAfterPrompt::default()),
+        )
+        .expect("submit");
+    let next = scheduler
+        .submit(prompt(6, 1), exactly(3), Box::new(Recorder::new()))
+        .expect("submit");
+    let left = left.recv().expect("result").expect("ok");
+    assert!(left.consumer_gone, "{left:?}");
+    assert!(left.tokens.is_empty());
+    let next = next.recv().expect("result").expect("ok");
+    assert_eq!(next.tokens.len(), 3, "the freed slot serves the next");
+    let stats = scheduler.stats();
+    assert_eq!(stats.abandoned(), 1);
+    // The next request's 6 + 2 tokens, and at most one step of the other's.
+    assert!(
+        stats.step_tokens() <= 8 + 8,
+        "{} tokens run: the abandoned prompt was read on",
+        stats.step_tokens()
+    );
+}

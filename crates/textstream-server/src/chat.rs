@@ -29,6 +29,6 @@ pub(crate) async fn chat_completions(
                 .map_err(|error| ApiError::Internal(error.to_string()))
         })
         .await?;
-    let plan = plan(&state, &request.params, prompt_ids, "messages")?;
+    let plan = plan(&state, &request.params, prompt_ids, Endpoint::Chat)?;
     respond(state, Endpoint::Chat, plan).await
 }

@@ -25,6 +25,6 @@ pub(crate) async fn completions(
                 .map_err(|error| ApiError::Internal(error.to_string()))
         })
         .await?;
-    let plan = plan(&state, &request.params, prompt_ids, "prompt")?;
+    let plan = plan(&state, &request.params, prompt_ids, Endpoint::Completion)?;
     respond(state, Endpoint::Completion, plan).await
 }

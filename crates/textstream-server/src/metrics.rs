@@ -164,10 +164,11 @@ impl Metrics {
 
 /// The scheduler's figures in Prometheus text: sequences in its latest
 /// forward pass, passes, sequences and tokens summed over the passes (the
-/// mean batch is their ratio to the passes), and prompt tokens reused.
+/// mean batch is their ratio to the passes), prompt tokens reused, and
+/// prompts abandoned half read.
 pub(crate) fn render_scheduler(stats: &SchedulerStats) -> String {
     let mut out = String::new();
-    let figures: [(&str, &str, &str, u64); 5] = [
+    let figures: [(&str, &str, &str, u64); 6] = [
         (
             "textstream_batch_sequences",
             "gauge",
@@ -197,6 +198,12 @@ pub(crate) fn render_scheduler(stats: &SchedulerStats) -> String {
             "counter",
             "Prompt tokens not run again: a session still held them.",
             stats.reused_tokens(),
+        ),
+        (
+            "textstream_prefill_abandoned_total",
+            "counter",
+            "Requests ended while their prompt was read: the client had left.",
+            stats.abandoned(),
         ),
     ];
     for (name, kind, help, value) in figures {

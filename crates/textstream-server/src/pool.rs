@@ -108,6 +108,16 @@ struct Metered {
 }
 
 impl Metered {
+    /// Before each generated token: the test delay, the token count.
+    fn before_token(&self) {
+        if let Some(delay) = self.delay {
+            std::thread::sleep(delay);
+        }
+        self.metrics
+            .tokens_generated
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     fn count_closed(&self, result: Result<(), Closed>) -> Result<(), Closed> {
         if let Err(Closed::ConsumerGone | Closed::Ended) = result {
             self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
@@ -129,14 +139,19 @@ impl Streamer for Metered {
     }
 
     fn put_token(&mut self, id: u32, logprob: Option<f32>) -> Result<(), Closed> {
-        if let Some(delay) = self.delay {
-            std::thread::sleep(delay);
-        }
-        self.metrics
-            .tokens_generated
-            .fetch_add(1, Ordering::Relaxed);
+        self.before_token();
         let result = self.inner.put_token(id, logprob);
         self.count_closed(result)
+    }
+
+    fn put_scored(&mut self, id: u32, logprob: f32, top: &[(u32, f32)]) -> Result<(), Closed> {
+        self.before_token();
+        let result = self.inner.put_scored(id, logprob, top);
+        self.count_closed(result)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.is_closed()
     }
 
     fn finish(&mut self, reason: FinishReason) {

@@ -9,10 +9,11 @@ use std::hash::BuildHasher;
 
 use serde::Deserialize;
 use textstream_engine::generate::{GenerateConfig, DEFAULT_MAX_NEW_TOKENS};
-use textstream_engine::sampling::SamplingConfig;
+use textstream_engine::sampling::{SamplingConfig, MAX_TOP_LOGPROBS};
 use textstream_engine::template::Message;
 
 use crate::error::ApiError;
+use crate::respond::Endpoint;
 use crate::state::AppState;
 
 /// The model name every server also answers to.
@@ -129,9 +130,10 @@ pub(crate) struct Params {
     pub frequency_penalty: Option<f32>,
     pub presence_penalty: Option<f32>,
     /// Chat: `true` for each token's log-probability. Completions: a number
-    /// of alternatives per token (only 0: the chosen token's own).
+    /// of alternatives per token (0 for the chosen token's own only).
     pub logprobs: Option<serde_json::Value>,
-    /// Chat: alternatives per token (only 0 is supported).
+    /// Chat: how many of the most likely tokens to report at each step
+    /// (needs `logprobs: true`).
     pub top_logprobs: Option<u64>,
     /// Token id (as a string, as OpenAI sends it) to a bias in [-100, 100].
     pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
@@ -148,8 +150,9 @@ pub(crate) struct Plan {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
-    /// Whether each token's log-probability goes with the answer.
-    pub logprobs: bool,
+    /// Whether each token's log-probability goes with the answer, and how
+    /// many alternatives with each (`Some(0)`: the chosen token's only).
+    pub logprobs: Option<usize>,
 }
 
 /// Fails unless `model` is the served name or [`DEFAULT_MODEL_ALIAS`].
@@ -258,16 +261,19 @@ pub(crate) fn check_prompt_bytes(
     })
 }
 
-/// Checks `params` against the model and `prompt_ids`; `prompt_param` names
-/// the field the prompt came from, for errors.
+/// Checks `params` against the model and `prompt_ids` for `endpoint`.
 pub(crate) fn plan(
     state: &AppState,
     params: &Params,
     prompt_ids: Vec<u32>,
-    prompt_param: &str,
+    endpoint: Endpoint,
 ) -> Result<Plan, ApiError> {
+    let prompt_param = match endpoint {
+        Endpoint::Chat => "messages",
+        Endpoint::Completion => "prompt",
+    };
     check_other_fields(&params.other)?;
-    let logprobs = wants_logprobs(params)?;
+    let logprobs = wants_logprobs(params, endpoint)?;
     if let Some(n) = params.n {
         if n != 1 {
             return Err(ApiError::invalid(
@@ -370,6 +376,7 @@ pub(crate) fn plan(
         // Without a seed, every request samples differently, as with OpenAI;
         // a negative seed (OpenAI allows any i64) is reinterpreted.
         seed: params.seed.map_or_else(random_seed, |seed| seed as u64),
+        top_logprobs: logprobs.unwrap_or(0),
         ..SamplingConfig::default()
     };
     sampling
@@ -397,30 +404,40 @@ pub(crate) fn plan(
     })
 }
 
-/// Whether the request asks for the chosen tokens' log-probabilities
-/// (chat's `logprobs: true`, completions' `logprobs: 0`); alternatives per
-/// token (`top_logprobs`, completions' `logprobs` above 0) are refused: the
-/// sampler reports only the token it chose.
-fn wants_logprobs(params: &Params) -> Result<bool, ApiError> {
+/// Whether the request asks for log-probabilities, and for how many
+/// alternatives per token: chat's `logprobs: true` with `top_logprobs` (0 to
+/// 20), completions' `logprobs` (0 to 20).
+fn wants_logprobs(params: &Params, endpoint: Endpoint) -> Result<Option<usize>, ApiError> {
     use serde_json::Value;
-    let alternatives = |param: &str| {
-        ApiError::InvalidRequest {
-            message: "alternative tokens' log-probabilities are not supported; the chosen tokens' are (top_logprobs 0)".to_owned(),
-            param: Some(param.to_owned()),
-            code: Some("unsupported_parameter"),
-        }
+    let count = |param: &str, n: &serde_json::Number| match n.as_u64() {
+        Some(n) if n <= MAX_TOP_LOGPROBS as u64 => Ok(n as usize),
+        _ => Err(ApiError::invalid(
+            param,
+            format!("{param} must be an integer from 0 to {MAX_TOP_LOGPROBS}, not {n}"),
+        )),
     };
-    if params.top_logprobs.is_some_and(|k| k > 0) {
-        return Err(alternatives("top_logprobs"));
-    }
-    match &params.logprobs {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(asked)) => Ok(*asked),
-        Some(Value::Number(n)) if n.as_u64() == Some(0) => Ok(true),
-        Some(Value::Number(n)) if n.as_u64().is_some() => Err(alternatives("logprobs")),
-        Some(other) => Err(ApiError::invalid(
+    let top = params
+        .top_logprobs
+        .map(|k| count("top_logprobs", &k.into()))
+        .transpose()?;
+    match (endpoint, &params.logprobs) {
+        (Endpoint::Chat, None | Some(Value::Null | Value::Bool(false))) => match top {
+            Some(k) if k > 0 => Err(ApiError::invalid(
+                "top_logprobs",
+                "top_logprobs needs logprobs: true",
+            )),
+            _ => Ok(None),
+        },
+        (Endpoint::Chat, Some(Value::Bool(true))) => Ok(Some(top.unwrap_or(0))),
+        (Endpoint::Chat, Some(other)) => Err(ApiError::invalid(
             "logprobs",
-            format!("logprobs must be a boolean (chat) or 0 (completions), not {other}"),
+            format!("logprobs must be a boolean, not {other}"),
+        )),
+        (Endpoint::Completion, None | Some(Value::Null)) => Ok(None),
+        (Endpoint::Completion, Some(Value::Number(n))) => count("logprobs", n).map(Some),
+        (Endpoint::Completion, Some(other)) => Err(ApiError::invalid(
+            "logprobs",
+            format!("logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}, not {other}"),
         )),
     }
 }

@@ -42,6 +42,8 @@ struct Meta {
     accepted: Instant,
     /// Set when the request asked for log-probabilities: each token's text.
     pieces: Option<Detokenizer>,
+    /// How many alternatives each token's log-probability comes with.
+    top_logprobs: usize,
 }
 
 impl Meta {
@@ -106,7 +108,8 @@ pub(crate) async fn respond(
         model: state.config().model_name.clone(),
         prompt_tokens: plan.prompt_ids.len(),
         accepted: Instant::now(),
-        pieces: plan.logprobs.then(|| state.detokenizer()),
+        pieces: plan.logprobs.map(|_| state.detokenizer()),
+        top_logprobs: plan.logprobs.unwrap_or(0),
     };
     state.pool().submit(Job {
         prompt_ids: plan.prompt_ids,
@@ -232,8 +235,18 @@ async fn collect(
 /// The chosen tokens' log-probabilities of some events, when asked for.
 #[derive(Default)]
 struct TokenLogprobs {
-    /// (token text, its bytes, log-probability, byte offset in the answer)
-    tokens: Vec<(String, Vec<u8>, f32, usize)>,
+    tokens: Vec<ScoredToken>,
+}
+
+/// One generated token as the `logprobs` objects show it.
+struct ScoredToken {
+    text: String,
+    bytes: Vec<u8>,
+    logprob: f32,
+    /// Byte offset of its text in the answer.
+    offset: usize,
+    /// The most likely tokens at its step: text, bytes, log-probability.
+    top: Vec<(String, Vec<u8>, f32)>,
 }
 
 impl TokenLogprobs {
@@ -242,11 +255,26 @@ impl TokenLogprobs {
         let Some(detokenizer) = &meta.pieces else {
             return;
         };
-        for (id, logprob) in event.ids.iter().zip(&event.logprobs) {
-            let bytes = token_bytes(detokenizer, *id);
-            let text = String::from_utf8_lossy(&bytes).into_owned();
-            self.tokens
-                .push((text, bytes, logprob.unwrap_or(f32::NAN), offset));
+        let piece = |id: u32| {
+            let bytes = token_bytes(detokenizer, id);
+            (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+        };
+        for (i, (&id, logprob)) in event.ids.iter().zip(&event.logprobs).enumerate() {
+            let (text, bytes) = piece(id);
+            let top = event.top_logprobs.get(i).map_or(&[][..], Vec::as_slice);
+            self.tokens.push(ScoredToken {
+                text,
+                bytes,
+                logprob: logprob.unwrap_or(f32::NAN),
+                offset,
+                top: top
+                    .iter()
+                    .map(|&(id, logprob)| {
+                        let (text, bytes) = piece(id);
+                        (text, bytes, logprob)
+                    })
+                    .collect(),
+            });
         }
     }
 
@@ -263,16 +291,28 @@ impl TokenLogprobs {
         let number = |l: f32| if l.is_finite() { json!(l) } else { Value::Null };
         match meta.endpoint {
             Endpoint::Chat => json!({
-                "content": self.tokens.iter().map(|(text, bytes, logprob, _)| json!({
-                    "token": text, "logprob": number(*logprob), "bytes": bytes,
-                    "top_logprobs": [],
+                "content": self.tokens.iter().map(|t| json!({
+                    "token": t.text, "logprob": number(t.logprob), "bytes": t.bytes,
+                    "top_logprobs": t.top.iter().map(|(text, bytes, logprob)| json!({
+                        "token": text, "logprob": number(*logprob), "bytes": bytes,
+                    })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             }),
             Endpoint::Completion => json!({
-                "tokens": self.tokens.iter().map(|t| &t.0).collect::<Vec<_>>(),
-                "token_logprobs": self.tokens.iter().map(|t| number(t.2)).collect::<Vec<_>>(),
-                "top_logprobs": null,
-                "text_offset": self.tokens.iter().map(|t| t.3).collect::<Vec<_>>(),
+                "tokens": self.tokens.iter().map(|t| &t.text).collect::<Vec<_>>(),
+                "token_logprobs": self.tokens.iter().map(|t| number(t.logprob)).collect::<Vec<_>>(),
+                // One object per token, token text to log-probability (two
+                // ids with the same text keep the more likely).
+                "top_logprobs": (meta.top_logprobs > 0).then(|| {
+                    self.tokens.iter().map(|t| {
+                        let mut top = serde_json::Map::new();
+                        for (text, _, logprob) in &t.top {
+                            top.entry(text.clone()).or_insert_with(|| number(*logprob));
+                        }
+                        Value::Object(top)
+                    }).collect::<Vec<_>>()
+                }),
+                "text_offset": self.tokens.iter().map(|t| t.offset).collect::<Vec<_>>(),
             }),
         }
     }

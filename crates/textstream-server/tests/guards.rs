@@ -286,6 +286,21 @@ async fn cors_is_off_by_default_and_on_for_the_origins_given() {
     assert!(bad.is_err());
 }
 
+/// Posts a chat request with `extra` fields, which must get a 400 naming
+/// `param`; the error body.
+async fn chat_refused(server: &TestServer, extra: &Value, param: &str) -> Value {
+    let (status, _, body) = post(
+        &server.base,
+        "/v1/chat/completions",
+        &chat(extra.clone()),
+        HeaderMap::new(),
+    )
+    .await;
+    assert_eq!(status, 400, "{extra}: {body}");
+    assert_eq!(body["error"]["param"], param, "{body}");
+    body
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unimplemented_fields_are_refused_by_name() {
     let server = TestServer::tiny().await;
@@ -298,20 +313,11 @@ async fn unimplemented_fields_are_refused_by_name() {
             json!({"response_format": {"type": "json_object"}}),
             "response_format",
         ),
-        (json!({"logprobs": true, "top_logprobs": 2}), "top_logprobs"),
         (json!({"tool_choice": "auto"}), "tool_choice"),
         (json!({"made_up_field": 1}), "made_up_field"),
     ] {
-        let (status, _, body) = post(
-            &server.base,
-            "/v1/chat/completions",
-            &chat(extra.clone()),
-            HeaderMap::new(),
-        )
-        .await;
-        assert_eq!(status, 400, "{extra}: {body}");
+        let body = chat_refused(&server, &extra, param).await;
         assert_error(&body, "unsupported_parameter");
-        assert_eq!(body["error"]["param"], param, "{body}");
     }
     // Unset values and bookkeeping fields change nothing and pass.
     for extra in [
@@ -333,7 +339,7 @@ async fn unimplemented_fields_are_refused_by_name() {
 #[tokio::test(flavor = "multi_thread")]
 async fn logprobs_come_with_each_token_streamed_or_not() {
     let server = TestServer::tiny().await;
-    let body = chat(json!({"logprobs": true, "max_tokens": 8}));
+    let body = chat(json!({"logprobs": true, "top_logprobs": 3, "max_tokens": 8}));
     let (status, _, whole) = post(
         &server.base,
         "/v1/chat/completions",
@@ -351,6 +357,17 @@ async fn logprobs_come_with_each_token_streamed_or_not() {
     for item in &content {
         let logprob = item["logprob"].as_f64().expect("a number");
         assert!(logprob <= 0.0 && logprob.is_finite(), "{item}");
+        // Three alternatives, most likely first; greedy chose the first.
+        let top = item["top_logprobs"].as_array().expect("alternatives");
+        assert_eq!(top.len(), 3, "{item}");
+        let numbers: Vec<f64> = top
+            .iter()
+            .map(|t| t["logprob"].as_f64().expect("number"))
+            .collect();
+        assert!(numbers.windows(2).all(|w| w[0] >= w[1]), "{item}");
+        assert_eq!(top[0]["token"], item["token"], "{item}");
+        assert_eq!(top[0]["bytes"], item["bytes"], "{item}");
+        assert_eq!(numbers[0], logprob, "{item}");
         bytes.extend(
             item["bytes"]
                 .as_array()
@@ -408,16 +425,46 @@ async fn logprobs_come_with_each_token_streamed_or_not() {
         offsets.windows(2).all(|w| w[0].as_u64() <= w[1].as_u64()),
         "{json}"
     );
+    // With alternatives: one object per token, token text to number,
+    // holding the chosen token's own (greedy: the most likely).
+    let (status, json) = completion(&server, "once upon", json!({"logprobs": 2})).await;
+    assert_eq!(status, 200, "{json}");
+    let logprobs = &json["choices"][0]["logprobs"];
+    let top = logprobs["top_logprobs"].as_array().expect("alternatives");
+    assert_eq!(top.len(), 6, "{json}");
+    for (i, alternatives) in top.iter().enumerate() {
+        let alternatives = alternatives.as_object().expect("object");
+        assert!((1..=2).contains(&alternatives.len()), "{json}");
+        let token = logprobs["tokens"][i].as_str().expect("token");
+        assert_eq!(alternatives[token], logprobs["token_logprobs"][i], "{json}");
+    }
+    // Chosen tokens only: no alternatives.
+    let (_, zero) = completion(&server, "once upon", json!({"logprobs": 0})).await;
+    assert!(
+        zero["choices"][0]["logprobs"]["top_logprobs"].is_null(),
+        "{zero}"
+    );
     // Not asked: null, as before.
     let (_, plain) = completion(&server, "once upon", json!({})).await;
     assert!(plain["choices"][0]["logprobs"].is_null(), "{plain}");
     for (extra, param) in [
-        (json!({"logprobs": 3}), "logprobs"),
+        (json!({"logprobs": 21}), "logprobs"),
+        (json!({"logprobs": -1}), "logprobs"),
         (json!({"logprobs": "yes"}), "logprobs"),
     ] {
         let (status, body) = completion(&server, "once upon", extra.clone()).await;
         assert_eq!(status, 400, "{extra}: {body}");
         assert_eq!(body["error"]["param"], param, "{body}");
+    }
+    for (extra, param) in [
+        (json!({"top_logprobs": 2}), "top_logprobs"),
+        (
+            json!({"logprobs": true, "top_logprobs": 21}),
+            "top_logprobs",
+        ),
+        (json!({"logprobs": 1}), "logprobs"),
+    ] {
+        chat_refused(&server, &extra, param).await;
     }
     server.stop().await;
 }

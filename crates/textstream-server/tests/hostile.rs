@@ -97,7 +97,7 @@ fn hostile_requests() -> Vec<Hostile> {
         ),
         post_json(
             completions,
-            "{\"model\": \"default\", \"prompt\": \"hi\", \"logprobs\": 5}",
+            "{\"model\": \"default\", \"prompt\": \"hi\", \"logprobs\": 50}",
         ),
         // Fields out of range or of the wrong type.
         chat_with(json!({"messages": []})),
@@ -138,7 +138,8 @@ fn hostile_requests() -> Vec<Hostile> {
         chat_with(json!({"stream_options": 3})),
         chat_with(json!({"tools": [{"type": "function"}]})),
         chat_with(json!({"response_format": {"type": "json_object"}})),
-        chat_with(json!({"top_logprobs": 5, "logprobs": true})),
+        chat_with(json!({"top_logprobs": 50, "logprobs": true})),
+        chat_with(json!({"top_logprobs": 5})),
         chat_with(json!({"logprobs": "maybe"})),
         chat_with(json!({"unknown_field": 1})),
         chat_with(json!({"messages": [{"role": "user", "content": "x".repeat(200_000)}]})),

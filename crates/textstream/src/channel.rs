@@ -24,6 +24,7 @@ pub(crate) struct Chunk {
     pub(crate) text: String,
     pub(crate) ids: Vec<u32>,
     pub(crate) logprobs: Vec<Option<f32>>,
+    pub(crate) top_logprobs: Vec<Vec<(u32, f32)>>,
 }
 
 impl Chunk {

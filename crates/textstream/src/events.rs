@@ -26,6 +26,10 @@ pub struct TokenEvent {
     pub text: String,
     /// Log-probability of each id, where the producer gave one.
     pub logprobs: Vec<Option<f32>>,
+    /// The most likely tokens at each id's step (ids and log-probabilities,
+    /// most likely first), where the producer gave them
+    /// ([`Streamer::put_scored`](crate::Streamer::put_scored)); empty otherwise.
+    pub top_logprobs: Vec<Vec<(u32, f32)>>,
     /// Set on the last event only.
     pub finish_reason: Option<FinishReason>,
 }
@@ -63,6 +67,7 @@ fn to_event(received: Option<Received>) -> Option<Result<TokenEvent, StreamError
             ids: chunk.ids,
             text: chunk.text,
             logprobs: chunk.logprobs,
+            top_logprobs: chunk.top_logprobs,
             finish_reason: None,
         })),
         Received::End(Ok(reason)) => Some(Ok(TokenEvent {

@@ -48,7 +48,12 @@ impl StreamProducer {
         self.sender.consumer_gone()
     }
 
-    fn put_inner(&mut self, ids: &[u32], logprob: Option<f32>) -> Result<(), Closed> {
+    fn put_inner(
+        &mut self,
+        ids: &[u32],
+        logprob: Option<f32>,
+        top: &[(u32, f32)],
+    ) -> Result<(), Closed> {
         match self.state {
             ProducerState::Open => {}
             ProducerState::Stopped => return Err(Closed::Stopped),
@@ -72,6 +77,10 @@ impl StreamProducer {
                     (Some(logprob), [_]) => chunk.logprobs.push(Some(logprob)),
                     _ => chunk.logprobs.extend(ids.iter().map(|_| None)),
                 }
+                match ids {
+                    [_] => chunk.top_logprobs.push(top.to_vec()),
+                    _ => chunk.top_logprobs.extend(ids.iter().map(|_| Vec::new())),
+                }
             })
         } else if !self.text.is_empty() {
             let text = &self.text;
@@ -94,11 +103,19 @@ impl StreamProducer {
 
 impl Streamer for StreamProducer {
     fn put(&mut self, ids: &[u32]) -> Result<(), Closed> {
-        self.put_inner(ids, None)
+        self.put_inner(ids, None, &[])
     }
 
     fn put_token(&mut self, id: u32, logprob: Option<f32>) -> Result<(), Closed> {
-        self.put_inner(&[id], logprob)
+        self.put_inner(&[id], logprob, &[])
+    }
+
+    fn put_scored(&mut self, id: u32, logprob: f32, top: &[(u32, f32)]) -> Result<(), Closed> {
+        self.put_inner(&[id], Some(logprob), top)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.state != ProducerState::Open || self.sender.consumer_gone()
     }
 
     fn finish(&mut self, reason: FinishReason) {

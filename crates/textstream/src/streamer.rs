@@ -49,6 +49,23 @@ pub trait Streamer {
         self.put(&[id])
     }
 
+    /// Hands one generated token with its log-probability and the most
+    /// likely tokens at its step (`top`: ids and log-probabilities, most
+    /// likely first; OpenAI's `top_logprobs`). By default the alternatives
+    /// are dropped and [`put_token`](Streamer::put_token) is called.
+    fn put_scored(&mut self, id: u32, logprob: f32, top: &[(u32, f32)]) -> Result<(), Closed> {
+        let _ = top;
+        self.put_token(id, Some(logprob))
+    }
+
+    /// Whether a `put` would now return [`Closed`] (the consumer left, or the
+    /// stream ended), asked without putting anything: a producer in the
+    /// middle of long work (reading a long prompt) checks it to stop early.
+    /// By default, `false`.
+    fn is_closed(&self) -> bool {
+        false
+    }
+
     /// Ends the stream normally, with [`FinishReason::Stop`].
     fn end(&mut self) {
         self.finish(FinishReason::Stop);
@@ -69,6 +86,12 @@ impl<S: Streamer + ?Sized> Streamer for &mut S {
     fn put_token(&mut self, id: u32, logprob: Option<f32>) -> Result<(), Closed> {
         (**self).put_token(id, logprob)
     }
+    fn put_scored(&mut self, id: u32, logprob: f32, top: &[(u32, f32)]) -> Result<(), Closed> {
+        (**self).put_scored(id, logprob, top)
+    }
+    fn is_closed(&self) -> bool {
+        (**self).is_closed()
+    }
     fn finish(&mut self, reason: FinishReason) {
         (**self).finish(reason)
     }
@@ -83,6 +106,12 @@ impl<S: Streamer + ?Sized> Streamer for Box<S> {
     }
     fn put_token(&mut self, id: u32, logprob: Option<f32>) -> Result<(), Closed> {
         (**self).put_token(id, logprob)
+    }
+    fn put_scored(&mut self, id: u32, logprob: f32, top: &[(u32, f32)]) -> Result<(), Closed> {
+        (**self).put_scored(id, logprob, top)
+    }
+    fn is_closed(&self) -> bool {
+        (**self).is_closed()
     }
     fn finish(&mut self, reason: FinishReason) {
         (**self).finish(reason)

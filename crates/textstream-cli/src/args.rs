@@ -198,6 +198,10 @@ pub struct ServeArgs {
     /// limit is raised to fit when the system allows.
     #[arg(long, default_value_t = textstream_server::DEFAULT_MAX_CONNECTIONS, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
+    /// Sleep this long before each generated token (milliseconds). Only
+    /// for tests that need generations to last (the nginx test).
+    #[arg(long, hide = true, value_name = "MS")]
+    pub token_delay_ms: Option<u64>,
 }
 
 /// Release policy names on the command line.

@@ -42,6 +42,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         header_timeout: std::time::Duration::from_secs(args.header_timeout),
         body_timeout: std::time::Duration::from_secs(args.body_timeout),
         max_connections: args.max_connections,
+        token_delay: args.token_delay_ms.map(std::time::Duration::from_millis),
         host_check: match args.allow_any_host {
             true => HostCheck::Any,
             false => HostCheck::Auto,

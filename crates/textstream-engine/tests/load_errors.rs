@@ -249,3 +249,33 @@ fn a_token_of_megabytes_is_refused_before_the_tokenizer_is_built() {
         other => panic!("expected a metadata error, got {other}"),
     }
 }
+
+#[test]
+fn a_block_count_beyond_the_files_tensors_is_an_error() {
+    let dir = TempDir::new("blocks");
+    let path = dir.join("blocks.gguf");
+    TinyModel {
+        metadata_overrides: vec![(
+            "llama.block_count".to_owned(),
+            Value::U32(1_000_000_000),
+        )],
+        ..TinyModel::default()
+    }
+    .write(&path)
+    .expect("write");
+    let err = load_err(&path);
+    assert!(matches!(err, EngineError::InvalidModel { .. }), "{err}");
+    assert!(err.to_string().contains("block_count"), "{err}");
+}
+
+/// Inputs the `gguf` fuzz target found (`fuzz/`), kept in `tests/data`:
+/// each must load to an error, in bounded memory.
+#[test]
+fn fuzz_findings_load_to_errors() {
+    // A 222 KB file whose block_count (mutated) made the tensor check
+    // build a table of gigabytes before it found a tensor missing.
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz-gguf-oom-block-count.gguf");
+    let err = load_err(&path);
+    assert!(err.to_string().contains("block_count"), "{err}");
+}

@@ -213,6 +213,17 @@ pub fn check(
         architecture: architecture.to_owned(),
     })?;
     let hparams = family.hparams(content).map_err(CheckError::Engine)?;
+    // Every block is several tensors of the file: a count beyond the file's
+    // tensors is corrupt, and would size per-block tables (the list below,
+    // the KV caches) out of all proportion to the file (found by fuzzing: a
+    // 222 KB file asked for 1.6 GB here).
+    if hparams.blocks > content.tensor_infos.len() {
+        return Err(CheckError::Invalid(format!(
+            "block_count is {} but the file holds only {} tensors",
+            hparams.blocks,
+            content.tensor_infos.len()
+        )));
+    }
     // Every tensor, used or not, must be a loadable type and lie inside the
     // file, and no two may share bytes: a crafted file whose tensors all
     // point at one region would pass the size checks and multiply memory

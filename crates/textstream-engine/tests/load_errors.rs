@@ -255,10 +255,7 @@ fn a_block_count_beyond_the_files_tensors_is_an_error() {
     let dir = TempDir::new("blocks");
     let path = dir.join("blocks.gguf");
     TinyModel {
-        metadata_overrides: vec![(
-            "llama.block_count".to_owned(),
-            Value::U32(1_000_000_000),
-        )],
+        metadata_overrides: vec![("llama.block_count".to_owned(), Value::U32(1_000_000_000))],
         ..TinyModel::default()
     }
     .write(&path)

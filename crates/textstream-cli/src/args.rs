@@ -158,6 +158,12 @@ pub struct ServeArgs {
     /// Requests that may wait for a free slot before new ones get 429.
     #[arg(long, default_value_t = textstream_server::DEFAULT_MAX_QUEUE)]
     pub max_queue: usize,
+    /// KV cache memory for all requests together, e.g. `512MiB`, `2GiB`
+    /// (default: room for --workers whole-context requests, at most half
+    /// the memory available). A request runs once its prompt plus
+    /// max_tokens fits; one that never could is refused with 400.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub kv_memory: Option<u64>,
     /// Require `Authorization: Bearer KEY` on /v1/* (401 without it);
     /// /health, /metrics and the chat page stay open.
     #[arg(
@@ -247,4 +253,56 @@ pub struct BenchArgs {
     pub json: bool,
     #[command(flatten)]
     pub model: ModelArgs,
+}
+
+/// A size in bytes: a number, optionally with `K`, `M`, `G` (or `KiB`,
+/// `MiB`, `GiB`, powers of 1,024) or `KB`, `MB`, `GB` (powers of 1,000).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 512MiB or 2GiB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    let bytes = number * scale as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{text:?} is not a size of at least one byte"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("300 MB"), Ok(300_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64k"), Ok(64 << 10));
+    }
+
+    #[test]
+    fn bad_sizes_are_refused_with_the_reason() {
+        for bad in ["", "MiB", "-1GiB", "0", "2 parsecs", "1e400"] {
+            let error = parse_size(bad).expect_err(bad);
+            assert!(!error.is_empty());
+        }
+        assert!(parse_size("2 parsecs").unwrap_err().contains("unit"));
+    }
 }

@@ -35,6 +35,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig {
         workers: args.workers,
         max_queue: args.max_queue,
+        kv_memory: args.kv_memory,
         model_name,
         api_key,
         cors_origins: args.cors_origins.clone(),

@@ -284,6 +284,24 @@ impl Model {
         }
     }
 
+    /// Bytes of KV cache one sequence of `positions` positions holds, as it
+    /// is allocated (whole blocks); `None` for candle's backend.
+    pub fn kv_bytes(&self, positions: usize) -> Option<u64> {
+        match &self.weights {
+            Weights::Native(weights) => Some(weights.kv_bytes(positions)),
+            Weights::Candle(_) => None,
+        }
+    }
+
+    /// Bytes of one KV block (16 positions of one layer); `None` for
+    /// candle's backend.
+    pub fn kv_block_bytes(&self) -> Option<u64> {
+        match &self.weights {
+            Weights::Native(weights) => Some(weights.kv_block_bytes()),
+            Weights::Candle(_) => None,
+        }
+    }
+
     /// The tokenizer built from the file's metadata.
     pub fn tokenizer(&self) -> &GgufTokenizer {
         &self.tokenizer
@@ -503,6 +521,43 @@ impl Session {
         }
     }
 
+    /// Bytes of keys and values this session's cache holds now (0 for
+    /// candle's backend, which does not say).
+    pub fn kv_held_bytes(&self) -> u64 {
+        match &self.state {
+            State::Native { cache, .. } => cache.held_bytes(),
+            State::Candle(_) => 0,
+        }
+    }
+
+    /// Empties the KV cache and gives its memory back.
+    pub fn release(&mut self) {
+        match &mut self.state {
+            State::Candle(weights) => weights.clear_kv_cache(),
+            State::Native { cache, .. } => cache.release(),
+        }
+    }
+
+    /// A new session of the same model whose cache holds what this one holds
+    /// for `prompt`'s first `keep` tokens (at most
+    /// [`Self::reusable_prefix`]`(prompt)`), copied: it starts past them.
+    /// `None` for candle's backend.
+    pub fn fork(&self, keep: usize) -> Option<Session> {
+        let State::Native { weights, cache } = &self.state else {
+            return None;
+        };
+        Some(Session {
+            state: State::Native {
+                cache: weights.fork(cache, keep),
+                weights: Arc::clone(weights),
+            },
+            stop_ids: Arc::clone(&self.stop_ids),
+            context_length: self.context_length,
+            vocab_size: self.vocab_size,
+            device: self.device.clone(),
+        })
+    }
+
     /// Empties the KV cache.
     pub fn reset(&mut self) {
         match &mut self.state {
@@ -698,7 +753,7 @@ fn model_info(
 }
 
 /// `MemAvailable` from `/proc/meminfo`, where there is one.
-fn available_memory_bytes() -> Option<u64> {
+pub(crate) fn available_memory_bytes() -> Option<u64> {
     proc_kib_as_bytes("/proc/meminfo", "MemAvailable:")
 }
 

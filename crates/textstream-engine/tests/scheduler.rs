@@ -1,6 +1,7 @@
 //! The continuous-batching scheduler on a tiny random model: requests run
-//! together give what each gives alone through `generate`, token for token;
-//! sequences leave as they end; the queue is bounded; bad requests fail alone.
+//! together give what each gives alone through `generate`, token for token
+//! (under any KV budget, from cached or copied prefixes); sequences leave as
+//! they end; the queue and KV memory are bounded; bad requests fail alone.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -104,16 +105,27 @@ proptest! {
     /// Random requests (greedy and seeded sampling, prompts chunked by a
     /// small step budget, more requests than slots, prompts that begin with
     /// what an earlier request ran) get exactly what each gets alone.
+    ///
+    /// Under a KV budget of one to three times the largest request's worst
+    /// case (requests wait for memory, idle caches are evicted), or none,
+    /// and never holding more than the budget.
     #[test]
     fn batched_requests_get_what_they_get_alone(
         cases in cases(),
         max_batch in 1usize..5,
         step_tokens in 1usize..40,
+        budget_times in prop_oneof![Just(None), (1u64..4).prop_map(Some)],
     ) {
         let model = model();
+        let largest = cases
+            .iter()
+            .map(|c| model.kv_bytes(c.len + c.max_new_tokens).expect("native"))
+            .max()
+            .unwrap_or(0);
+        let kv_memory = budget_times.map(|k| k * largest);
         let scheduler = Scheduler::new(
             Arc::clone(&model),
-            SchedulerConfig { max_batch, max_waiting: 16, step_tokens },
+            SchedulerConfig { max_batch, max_waiting: 16, step_tokens, kv_memory },
         ).expect("scheduler");
         let submitted: Vec<_> = cases
             .iter()
@@ -136,6 +148,9 @@ proptest! {
             prop_assert_eq!(got_stream.tokens, want_stream.tokens);
             prop_assert_eq!(got_stream.logprobs, want_stream.logprobs);
             prop_assert_eq!(got_stream.finish, want_stream.finish);
+        }
+        if let Some(budget) = kv_memory {
+            prop_assert!(scheduler.stats().kv_peak_bytes() <= budget);
         }
     }
 }
@@ -219,13 +234,18 @@ impl Gate {
         *self.0 .0.lock().expect("lock") = true;
         self.0 .1.notify_all();
     }
+
+    /// Returns once the gate is open.
+    fn wait(&self) {
+        let (open, wake) = &*self.0;
+        let guard = open.lock().expect("lock");
+        drop(wake.wait_while(guard, |open| !*open).expect("wait"));
+    }
 }
 
 impl textstream::Streamer for Gate {
     fn put(&mut self, _: &[u32]) -> Result<(), Closed> {
-        let (open, wake) = &*self.0;
-        let guard = open.lock().expect("lock");
-        drop(wake.wait_while(guard, |open| !*open).expect("wait"));
+        self.wait();
         Ok(())
     }
     fn finish(&mut self, _: FinishReason) {}
@@ -242,6 +262,7 @@ fn the_queue_is_bounded_and_zero_sizes_are_refused() {
             max_batch: 1,
             max_waiting: 1,
             step_tokens: 8,
+            kv_memory: None,
         },
     )
     .expect("scheduler");
@@ -356,6 +377,7 @@ fn a_consumer_that_leaves_during_its_prompt_frees_the_slot_before_the_prompt_end
             max_batch: 1,
             max_waiting: 4,
             step_tokens: 8,
+            kv_memory: None,
         },
     )
     .expect("scheduler");
@@ -382,4 +404,230 @@ fn a_consumer_that_leaves_during_its_prompt_frees_the_slot_before_the_prompt_end
         "{} tokens run: the abandoned prompt was read on",
         stats.step_tokens()
     );
+}
+
+/// Greedy, exactly `tokens` tokens, run alone through `generate`: the ids
+/// and their log-probabilities (which any difference in the cache moves).
+fn alone(model: &Model, prompt_ids: &[u32], tokens: usize) -> (Vec<u32>, Vec<Option<f32>>) {
+    let recorder = Recorder::new();
+    generate(
+        &mut model.session(),
+        prompt_ids,
+        &exactly(tokens),
+        &mut recorder.clone(),
+    )
+    .expect("alone");
+    let recording = recorder.recording();
+    (recording.tokens, recording.logprobs)
+}
+
+/// Runs one request on `scheduler` to its end, as [`alone`] reports it.
+fn run(scheduler: &Scheduler, prompt_ids: &[u32], tokens: usize) -> (Vec<u32>, Vec<Option<f32>>) {
+    let recorder = Recorder::new();
+    scheduler
+        .submit(
+            prompt_ids.to_vec(),
+            exactly(tokens),
+            Box::new(recorder.clone()),
+        )
+        .expect("submit")
+        .recv()
+        .expect("result")
+        .expect("ok");
+    let recording = recorder.recording();
+    (recording.tokens, recording.logprobs)
+}
+
+#[test]
+fn a_request_that_could_never_fit_is_refused_up_front() {
+    let model = model();
+    let budget = model.kv_bytes(40).expect("native");
+    let scheduler = Scheduler::new(
+        Arc::clone(&model),
+        SchedulerConfig {
+            kv_memory: Some(budget),
+            ..SchedulerConfig::default()
+        },
+    )
+    .expect("scheduler");
+    assert_eq!(scheduler.kv_budget(), Some(budget));
+    // 20 + 30 positions need four blocks per layer; the budget holds three.
+    match scheduler.submit(prompt(20, 0), exactly(30), Box::new(Recorder::new())) {
+        Err(SubmitError::TooLarge {
+            positions,
+            needed,
+            budget: told,
+        }) => {
+            assert_eq!(positions, 50);
+            assert_eq!(needed, model.kv_bytes(50).expect("native"));
+            assert_eq!(told, budget);
+        }
+        other => panic!("expected TooLarge, got {:?}", other.map(|_| ())),
+    }
+    let error = scheduler
+        .submit(prompt(20, 0), exactly(30), Box::new(Recorder::new()))
+        .map(|_| ())
+        .expect_err("refused");
+    assert!(error.to_string().contains("KV cache"), "{error}");
+    // One that fits runs.
+    let done = scheduler
+        .submit(prompt(20, 0), exactly(20), Box::new(Recorder::new()))
+        .expect("submit");
+    assert_eq!(done.recv().expect("result").expect("ok").tokens.len(), 20);
+    // A budget below one position of every layer is refused.
+    assert!(matches!(
+        Scheduler::new(
+            Arc::clone(&model),
+            SchedulerConfig {
+                kv_memory: Some(1),
+                ..SchedulerConfig::default()
+            }
+        ),
+        Err(EngineError::InvalidConfig {
+            field: "kv_memory",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn requests_wait_for_kv_memory_and_run_one_at_a_time_when_it_holds_one() {
+    let model = model();
+    // Room for one request's worst case (30 + 20 positions), four slots.
+    let budget = model.kv_bytes(50).expect("native");
+    let scheduler = Scheduler::new(
+        Arc::clone(&model),
+        SchedulerConfig {
+            max_batch: 4,
+            kv_memory: Some(budget),
+            ..SchedulerConfig::default()
+        },
+    )
+    .expect("scheduler");
+    let prompts: Vec<Vec<u32>> = (0..3).map(|k| prompt(30, 10 + k)).collect();
+    let submitted: Vec<_> = prompts
+        .iter()
+        .map(|p| {
+            let recorder = Recorder::new();
+            let done = scheduler
+                .submit(p.clone(), exactly(20), Box::new(recorder.clone()))
+                .expect("submit");
+            (recorder, done)
+        })
+        .collect();
+    for (p, (recorder, done)) in prompts.iter().zip(submitted) {
+        done.recv().expect("result").expect("ok");
+        let recording = recorder.recording();
+        assert_eq!((recording.tokens, recording.logprobs), alone(&model, p, 20));
+    }
+    let stats = scheduler.stats();
+    assert!(stats.memory_waits() >= 1, "the later requests waited");
+    assert_eq!(
+        stats.step_sequences(),
+        stats.steps(),
+        "never two sequences in one pass"
+    );
+    assert!(stats.kv_peak_bytes() <= budget);
+    assert!(stats.kv_peak_bytes() > 0);
+}
+
+#[test]
+fn another_conversation_copies_the_shared_system_prompt() {
+    let model = model();
+    let scheduler = two_at_once(&model);
+    let system = prompt(30, 0);
+    let conversation =
+        |rest: Vec<u32>| -> Vec<u32> { system.iter().copied().chain(rest).collect() };
+    let first = conversation(prompt(40, 1));
+    assert_eq!(run(&scheduler, &first, 5), alone(&model, &first, 5));
+    // Another conversation with the same system prompt: continuing the first
+    // one's session would lose more than it gives, so it gets a copy.
+    let second = conversation(prompt(8, 2));
+    let before = scheduler.stats().reused_tokens();
+    assert_eq!(
+        run(&scheduler, &second, 5),
+        alone(&model, &second, 5),
+        "copying changes no token and no log-probability"
+    );
+    assert_eq!(
+        scheduler.stats().reused_tokens() - before,
+        system.len() as u64
+    );
+    assert_eq!(scheduler.stats().prefix_copies(), 1);
+    // The first conversation's session was kept: its follow-up still
+    // continues it.
+    let mut follow_up = first.clone();
+    follow_up.extend(&alone(&model, &first, 5).0);
+    follow_up.extend(prompt(4, 3));
+    let before = scheduler.stats().reused_tokens();
+    assert_eq!(run(&scheduler, &follow_up, 5), alone(&model, &follow_up, 5));
+    assert_eq!(
+        scheduler.stats().reused_tokens() - before,
+        (first.len() + 4) as u64
+    );
+    assert_eq!(scheduler.stats().prefix_hits(), 2);
+}
+
+/// A streamer that holds the scheduler's loop in its `hold_at`-th token
+/// until the test opens its gate.
+#[derive(Clone)]
+struct HoldsAt {
+    hold_at: usize,
+    seen: usize,
+    gate: Gate,
+    reached: std::sync::mpsc::SyncSender<()>,
+}
+
+impl textstream::Streamer for HoldsAt {
+    fn put(&mut self, _: &[u32]) -> Result<(), Closed> {
+        Ok(())
+    }
+    fn put_scored(&mut self, _: u32, _: f32, _: &[(u32, f32)]) -> Result<(), Closed> {
+        self.seen += 1;
+        if self.seen == self.hold_at {
+            let _ = self.reached.send(());
+            self.gate.wait();
+        }
+        Ok(())
+    }
+    fn finish(&mut self, _: FinishReason) {}
+    fn fail(&mut self, _: Box<dyn std::error::Error + Send + Sync>) {}
+}
+
+#[test]
+fn a_request_copies_a_prefix_from_a_running_sequence() {
+    let model = model();
+    let scheduler = two_at_once(&model);
+    let system = prompt(30, 0);
+    let first: Vec<u32> = system.iter().copied().chain(prompt(10, 1)).collect();
+    let (reached, arrived) = std::sync::mpsc::sync_channel(1);
+    let gate = Gate::default();
+    let holder = HoldsAt {
+        hold_at: 2,
+        seen: 0,
+        gate: gate.clone(),
+        reached,
+    };
+    let running = scheduler
+        .submit(first.clone(), exactly(60), Box::new(holder))
+        .expect("submit");
+    arrived.recv().expect("the first sequence runs");
+    // Submitted while the first is held mid-generation: admitted beside it.
+    let second: Vec<u32> = system.iter().copied().chain(prompt(8, 2)).collect();
+    let recorder = Recorder::new();
+    let done = scheduler
+        .submit(second.clone(), exactly(10), Box::new(recorder.clone()))
+        .expect("submit");
+    gate.open();
+    done.recv().expect("result").expect("ok");
+    let recording = recorder.recording();
+    assert_eq!(
+        (recording.tokens, recording.logprobs),
+        alone(&model, &second, 10)
+    );
+    let stats = scheduler.stats();
+    assert_eq!(stats.prefix_copies(), 1);
+    assert_eq!(stats.reused_tokens(), system.len() as u64);
+    let out = running.recv().expect("result").expect("ok");
+    assert_eq!(out.tokens, alone(&model, &first, 60).0);
 }

@@ -44,6 +44,13 @@ pub struct ServerConfig {
     /// Requests that may wait for a free slot; when it is full, new
     /// requests get `429 Too Many Requests` with `Retry-After`.
     pub max_queue: usize,
+    /// Bytes of KV cache all requests may hold together (running ones and
+    /// cached prefixes). A request runs only when its worst case (prompt
+    /// plus `max_tokens`) fits; one that never could gets `400`. `None` by
+    /// default: room for `workers` whole-context requests, at most half the
+    /// memory available at start (see
+    /// `textstream_engine::scheduler::default_kv_memory`).
+    pub kv_memory: Option<u64>,
     /// Largest request body in bytes; larger ones get `413`.
     pub max_body_bytes: usize,
     /// The name listed by `/v1/models`; requests must name it or `"default"`.
@@ -91,6 +98,7 @@ impl Default for ServerConfig {
         Self {
             workers: DEFAULT_WORKERS,
             max_queue: DEFAULT_MAX_QUEUE,
+            kv_memory: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             model_name: DEFAULT_MODEL_NAME.to_owned(),
             api_key: None,

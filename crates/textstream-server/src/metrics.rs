@@ -168,7 +168,64 @@ impl Metrics {
 /// prompts abandoned half read.
 pub(crate) fn render_scheduler(stats: &SchedulerStats) -> String {
     let mut out = String::new();
-    let figures: [(&str, &str, &str, u64); 6] = [
+    let block = stats.kv_block_bytes().max(1);
+    let blocks = |bytes: u64| bytes.div_ceil(block);
+    let total = blocks(stats.kv_budget_bytes());
+    let figures: [(&str, &str, &str, u64); 15] = [
+        (
+            "textstream_scheduler_running",
+            "gauge",
+            "Sequences running in the scheduler.",
+            stats.running(),
+        ),
+        (
+            "textstream_scheduler_waiting",
+            "gauge",
+            "Requests the scheduler holds back for a free slot or KV memory.",
+            stats.waiting(),
+        ),
+        (
+            "textstream_kv_block_bytes",
+            "gauge",
+            "Bytes of one KV block (16 positions of one layer); 0 when not counted.",
+            stats.kv_block_bytes(),
+        ),
+        (
+            "textstream_kv_blocks_total",
+            "gauge",
+            "KV blocks the budget (--kv-memory) holds.",
+            total,
+        ),
+        (
+            "textstream_kv_blocks_used",
+            "gauge",
+            "KV blocks held now by running sequences and cached prefixes.",
+            blocks(stats.kv_held_bytes()),
+        ),
+        (
+            "textstream_kv_blocks_free",
+            "gauge",
+            "KV blocks neither held nor promised to a running sequence's worst case.",
+            total.saturating_sub(stats.kv_reserved_bytes().div_ceil(block)),
+        ),
+        (
+            "textstream_kv_memory_waits_total",
+            "counter",
+            "Times the next request waited for KV memory.",
+            stats.memory_waits(),
+        ),
+        (
+            "textstream_prefix_cache_hits_total",
+            "counter",
+            "Requests that started past a cached prefix.",
+            stats.prefix_hits(),
+        ),
+        (
+            "textstream_prefix_cache_copies_total",
+            "counter",
+            "Prefix-cache hits served by copying another session's blocks.",
+            stats.prefix_copies(),
+        ),
         (
             "textstream_batch_sequences",
             "gauge",

@@ -50,11 +50,13 @@ pub(crate) struct Batcher {
 
 impl Batcher {
     /// Starts the scheduler: `max_batch` requests at once (at least one),
-    /// `max_queue` more waiting.
+    /// `max_queue` more waiting, `kv_memory` bytes of KV cache in all
+    /// (`None`: the scheduler's default).
     pub fn start(
         model: Arc<Model>,
         max_batch: usize,
         max_queue: usize,
+        kv_memory: Option<u64>,
         metrics: Arc<Metrics>,
         token_delay: Option<Duration>,
     ) -> std::io::Result<Self> {
@@ -62,6 +64,7 @@ impl Batcher {
             max_batch: max_batch.max(1),
             max_waiting: max_queue.max(1),
             step_tokens: STEP_TOKENS,
+            kv_memory,
         };
         let scheduler = Scheduler::new(model, config).map_err(std::io::Error::other)?;
         Ok(Self {
@@ -93,6 +96,21 @@ impl Batcher {
         submitted.map(drop).map_err(|error| match error {
             SubmitError::QueueFull => ApiError::QueueFull,
             SubmitError::Stopped => ApiError::Unavailable,
+            SubmitError::TooLarge {
+                positions,
+                needed,
+                budget,
+            } => ApiError::InvalidRequest {
+                message: format!(
+                    "this request needs up to {} MiB of KV cache ({positions} tokens: the prompt \
+                     and max_tokens), more than the server's whole KV memory of {} MiB \
+                     (--kv-memory): lower max_tokens or shorten the prompt",
+                    needed.div_ceil(1 << 20),
+                    budget >> 20
+                ),
+                param: Some("max_tokens".to_owned()),
+                code: Some("kv_memory_exceeded"),
+            },
         })
     }
 }

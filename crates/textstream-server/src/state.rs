@@ -64,6 +64,7 @@ impl AppState {
             Arc::clone(&model),
             config.workers,
             config.max_queue,
+            config.kv_memory,
             Arc::clone(&metrics),
             config.token_delay,
         )?;

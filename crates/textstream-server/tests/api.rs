@@ -459,3 +459,63 @@ async fn the_chat_page_is_served_at_the_root() {
     assert!(html.contains("/v1/chat/completions") && html.contains("AbortController"));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kv_memory_bounds_requests_and_metrics_show_blocks_and_prefix_hits() {
+    let model = tiny_model();
+    let budget = model.kv_bytes(64).expect("native");
+    let block = model.kv_block_bytes().expect("native");
+    let server = TestServer::start(
+        model,
+        ServerConfig {
+            kv_memory: Some(budget),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let body = |max_tokens: u32| {
+        json!({
+            "model": "default",
+            "messages": [{"role": "user", "content": "Hi there"}],
+            "max_tokens": max_tokens,
+        })
+        .to_string()
+    };
+    // A worst case beyond the whole budget can never run: 400 at once.
+    let (status, json) = post_raw(&server.base, "/v1/chat/completions", body(100)).await;
+    assert_eq!(status, 400, "{json}");
+    assert_error_shape(&json);
+    assert_eq!(json["error"]["code"], "kv_memory_exceeded");
+    assert_eq!(json["error"]["param"], "max_tokens");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--kv-memory")),
+        "{json}"
+    );
+    // One that fits runs; the same conversation again starts past its prompt.
+    for _ in 0..2 {
+        let (status, json) = post_raw(&server.base, "/v1/chat/completions", body(4)).await;
+        assert_eq!(status, 200, "{json}");
+    }
+    assert_eq!(
+        server.metric("textstream_kv_blocks_total").await,
+        (budget / block) as f64
+    );
+    assert_eq!(
+        server.metric("textstream_kv_block_bytes").await,
+        block as f64
+    );
+    let used = server.metric("textstream_kv_blocks_used").await;
+    assert!(used >= 1.0, "the idle session's prompt is kept: {used}");
+    assert_eq!(
+        server.metric("textstream_kv_blocks_free").await,
+        (budget / block) as f64 - used
+    );
+    assert_eq!(
+        server.metric("textstream_prefix_cache_hits_total").await,
+        1.0
+    );
+    assert_eq!(server.metric("textstream_scheduler_running").await, 0.0);
+    server.stop().await;
+}

@@ -348,8 +348,62 @@ impl LayerCache {
 
     /// Bytes this layer's cache takes when full.
     pub fn bytes(h: &Hparams, context: usize, window: Option<usize>, chunk: usize) -> u64 {
-        let slots = Self::slots(context, window, chunk) as u64;
-        2 * slots * (h.kv_heads * h.head_dim * std::mem::size_of::<f32>()) as u64
+        Self::bytes_for(h, context, window, chunk, context)
+    }
+
+    /// Bytes this layer's cache takes once `positions` positions are written:
+    /// whole tiles of [`KEY_TILE`] positions (one block), at most the ring's.
+    pub fn bytes_for(
+        h: &Hparams,
+        context: usize,
+        window: Option<usize>,
+        chunk: usize,
+        positions: usize,
+    ) -> u64 {
+        let slots = Self::slots(context, window, chunk);
+        let tiles = positions.min(slots).div_ceil(KEY_TILE) as u64;
+        tiles * Self::block_bytes(h)
+    }
+
+    /// Bytes of one block: [`KEY_TILE`] positions' keys and values.
+    pub fn block_bytes(h: &Hparams) -> u64 {
+        (2 * KEY_TILE * h.kv_heads * h.head_dim * std::mem::size_of::<f32>()) as u64
+    }
+
+    /// Bytes this cache holds now.
+    pub fn held_bytes(&self) -> u64 {
+        let floats: usize = self.keys.iter().chain(&self.values).map(Vec::len).sum();
+        (floats * std::mem::size_of::<f32>()) as u64
+    }
+
+    /// Gives its memory back; the cache grows again as positions are written.
+    pub fn release(&mut self) {
+        for v in self.keys.iter_mut().chain(&mut self.values) {
+            *v = Vec::new();
+        }
+    }
+
+    /// Whether writing `written` positions has wrapped this layer's ring
+    /// (positions then share slots with later ones).
+    pub fn wrapped(&self, written: usize) -> bool {
+        written > self.slots
+    }
+
+    /// A copy holding what this cache holds for positions `..keep`: only
+    /// the tiles those positions live in. The ring must not have wrapped.
+    pub fn prefix_copy(&self, head_dim: usize, keep: usize) -> Self {
+        let floats = keep.div_ceil(KEY_TILE) * KEY_TILE * head_dim;
+        let copy = |v: &Vec<Vec<f32>>| -> Vec<Vec<f32>> {
+            v.iter()
+                .map(|v| v[..floats.min(v.len())].to_vec())
+                .collect()
+        };
+        Self {
+            keys: copy(&self.keys),
+            values: copy(&self.values),
+            slots: self.slots,
+            window: self.window,
+        }
     }
 }
 

@@ -178,6 +178,17 @@ impl KvCache {
     pub fn forget(&mut self) {
         self.tokens.clear();
     }
+
+    /// Bytes of keys and values it holds now.
+    pub fn held_bytes(&self) -> u64 {
+        self.layers.iter().map(LayerCache::held_bytes).sum()
+    }
+
+    /// Forgets its ids and gives its keys' and values' memory back.
+    pub fn release(&mut self) {
+        self.forget();
+        self.layers.iter_mut().for_each(LayerCache::release);
+    }
 }
 
 /// What one forward pass computes, sized for its tokens.
@@ -546,6 +557,46 @@ impl Transformer {
                 .collect(),
             activations: Activations::new(),
             tokens: Vec::new(),
+        }
+    }
+
+    /// Bytes of KV cache one sequence holds once `positions` positions are
+    /// written (whole blocks of 16 positions per layer;
+    /// a windowed layer at most its ring).
+    pub fn kv_bytes(&self, positions: usize) -> u64 {
+        let h = &self.hparams;
+        (0..h.blocks)
+            .map(|i| {
+                LayerCache::bytes_for(h, self.context, h.window(i), self.prompt_chunk, positions)
+            })
+            .sum()
+    }
+
+    /// Bytes of one KV block: 16 positions' keys and values in one layer.
+    pub fn kv_block_bytes(&self) -> u64 {
+        LayerCache::block_bytes(&self.hparams)
+    }
+
+    /// A new cache holding what `cache` holds for `prompt`'s first `keep`
+    /// tokens, `keep` at most [`Self::reusable_prefix`]`(cache, prompt)`:
+    /// another sequence starts past them without running them again. Only
+    /// the blocks those positions live in are copied. Empty when a windowed
+    /// layer's ring has wrapped (its slots then also hold later positions,
+    /// which the copy could not tell from its own).
+    pub fn fork(&self, cache: &KvCache, keep: usize) -> KvCache {
+        let written = cache.tokens.len();
+        if cache.layers.iter().any(|l| l.wrapped(written)) {
+            return self.new_cache();
+        }
+        let keep = keep.min(written);
+        KvCache {
+            layers: cache
+                .layers
+                .iter()
+                .map(|l| l.prefix_copy(self.hparams.head_dim, keep))
+                .collect(),
+            activations: Activations::new(),
+            tokens: cache.tokens[..keep].to_vec(),
         }
     }
 

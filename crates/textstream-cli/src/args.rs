@@ -159,8 +159,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = textstream_server::DEFAULT_MAX_QUEUE)]
     pub max_queue: usize,
     /// KV cache memory for all requests together, e.g. `512MiB`, `2GiB`
-    /// (default: room for --workers whole-context requests, at most half
-    /// the memory available). A request runs once its prompt plus
+    /// (default: room for --workers whole-context requests, at most a
+    /// quarter of the memory available). A request runs once its prompt plus
     /// max_tokens fits; one that never could is refused with 400.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub kv_memory: Option<u64>,

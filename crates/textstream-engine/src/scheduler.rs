@@ -70,13 +70,13 @@ pub struct SchedulerConfig {
 }
 
 /// The KV budget when none is given: room for `max_batch` sequences of the
-/// model's whole context, but at most half the memory available at start
-/// (and at least one whole-context sequence, which loading checked fits).
+/// model's whole context, but at most a quarter of the memory available at
+/// start (and at least one whole-context sequence, which loading checked fits).
 pub fn default_kv_memory(model: &Model, max_batch: usize) -> Option<u64> {
     let full = model.kv_bytes(model.context_length())?;
     let wanted = full.saturating_mul(max_batch as u64);
     Some(match crate::model::available_memory_bytes() {
-        Some(available) => wanted.min(available / 2).max(full),
+        Some(available) => wanted.min(available / 4).max(full),
         None => wanted,
     })
 }

@@ -555,41 +555,36 @@ pub(crate) fn for_each_pair(
 pub(crate) const LANES: usize = 16;
 
 /// Re-lays `rows` rows of `row_bytes` bytes each (a multiple of 4; `rows` a
-/// multiple of [`LANES`]) into lane blocks: within a block of 16 rows, 4-byte
-/// word `d` of row `r` goes to byte `64 d + 4 r`. One 64-byte load then holds
-/// the same word of 16 rows: the same 4 values, a scale or a header of each.
-/// The bytes are the same bytes, moved.
-pub(crate) fn interleave(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    let mut out = vec![0; bytes.len()];
-    for (block, dst) in bytes
-        .chunks_exact(LANES * row_bytes)
-        .zip(out.chunks_exact_mut(LANES * row_bytes))
-    {
-        for (r, row) in block.chunks_exact(row_bytes).enumerate() {
+/// multiple of [`LANES`]) into lane blocks, in place: within a block of 16
+/// rows, 4-byte word `d` of row `r` goes to byte `64 d + 4 r`. One 64-byte
+/// load then holds the same word of 16 rows: the same 4 values, a scale or
+/// a header of each. The bytes are the same bytes, moved; one block's worth
+/// of memory is used besides.
+pub(crate) fn interleave(bytes: &mut [u8], rows: usize, row_bytes: usize) {
+    debug_assert_eq!(bytes.len(), rows * row_bytes);
+    let mut rows_of = vec![0; LANES * row_bytes];
+    for block in bytes.chunks_exact_mut(LANES * row_bytes) {
+        rows_of.copy_from_slice(block);
+        for (r, row) in rows_of.chunks_exact(row_bytes).enumerate() {
             for (d, word) in row.chunks_exact(4).enumerate() {
-                dst[64 * d + 4 * r..][..4].copy_from_slice(word);
+                block[64 * d + 4 * r..][..4].copy_from_slice(word);
             }
         }
     }
-    debug_assert_eq!(bytes.len(), rows * row_bytes);
-    out
 }
 
-/// Undoes [`interleave`].
-pub(crate) fn deinterleave(bytes: &[u8], rows: usize, row_bytes: usize) -> Vec<u8> {
-    let mut out = vec![0; bytes.len()];
-    for (block, dst) in bytes
-        .chunks_exact(LANES * row_bytes)
-        .zip(out.chunks_exact_mut(LANES * row_bytes))
-    {
-        for (r, row) in dst.chunks_exact_mut(row_bytes).enumerate() {
+/// Undoes [`interleave`], in place.
+pub(crate) fn deinterleave(bytes: &mut [u8], rows: usize, row_bytes: usize) {
+    debug_assert_eq!(bytes.len(), rows * row_bytes);
+    let mut lanes = vec![0; LANES * row_bytes];
+    for block in bytes.chunks_exact_mut(LANES * row_bytes) {
+        lanes.copy_from_slice(block);
+        for (r, row) in block.chunks_exact_mut(row_bytes).enumerate() {
             for (d, word) in row.chunks_exact_mut(4).enumerate() {
-                word.copy_from_slice(&block[64 * d + 4 * r..][..4]);
+                word.copy_from_slice(&lanes[64 * d + 4 * r..][..4]);
             }
         }
     }
-    debug_assert_eq!(bytes.len(), rows * row_bytes);
-    out
 }
 
 /// Row `row`'s bytes out of interleaved `bytes`, in the row layout.

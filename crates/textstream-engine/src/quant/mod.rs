@@ -722,7 +722,8 @@ fn lane_kernel<const F: u8, const T: usize>(
     }
     // Lane blocks are made for the AVX-512 tier only (`Segment::set_lanes`);
     // were one read on another, its rows are read back first.
-    let rows = layout::deinterleave(&w[..LANES * row_bytes], LANES, row_bytes);
+    let mut rows = w[..LANES * row_bytes].to_vec();
+    layout::deinterleave(&mut rows, LANES, row_bytes);
     let mut out = [[0.0; LANES]; T];
     for r in 0..LANES {
         let [dots] = portable::dot::<F, 1, T>(&rows[r * row_bytes..], row_bytes, xs);
@@ -764,10 +765,10 @@ impl Segment {
         } = &mut self.data
         {
             if *lanes != want {
-                *bytes = match want {
+                match want {
                     true => layout::interleave(bytes, self.rows, *row_bytes),
                     false => layout::deinterleave(bytes, self.rows, *row_bytes),
-                };
+                }
                 *lanes = want;
             }
         }

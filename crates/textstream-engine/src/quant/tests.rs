@@ -146,8 +146,12 @@ fn lane_blocks_move_bytes_and_change_no_value() {
         );
         let in_rows = quant_bytes(&m);
         let row_bytes = in_rows.len() / rows;
-        let lanes = layout::interleave(&in_rows, rows, row_bytes);
-        assert_eq!(layout::deinterleave(&lanes, rows, row_bytes), in_rows);
+        let mut lanes = in_rows.clone();
+        layout::interleave(&mut lanes, rows, row_bytes);
+        assert_ne!(lanes, in_rows);
+        let mut back = lanes.clone();
+        layout::deinterleave(&mut back, rows, row_bytes);
+        assert_eq!(back, in_rows);
         for row in [0, 5, 16, 31] {
             assert_eq!(
                 layout::interleaved_row(&lanes, row, row_bytes),

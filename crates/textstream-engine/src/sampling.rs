@@ -596,8 +596,10 @@ mod tests {
             temperature in proptest::prop_oneof![proptest::strategy::Just(0.0f32), 0.3f32..2.0],
             seed in 0u64..1000,
         ) {
-            // Rounded logits, so that ties happen.
-            let logits: Vec<f32> = logits.iter().map(|l| (l * 4.0).round() / 4.0).collect();
+            // Rounded logits, so that ties happen; `+ 0.0` turns a rounded
+            // -0.0 into 0.0, which the sampler (rightly) ties with 0.0 but
+            // `total_cmp` below would order after it.
+            let logits: Vec<f32> = logits.iter().map(|l| (l * 4.0).round() / 4.0 + 0.0).collect();
             let config = SamplingConfig { temperature, top_logprobs: k, seed, ..SamplingConfig::default() };
             let picked = sampler(config).sample(&mut logits.clone(), &[]).expect("sample");
             let mut order: Vec<usize> = (0..logits.len()).collect();

@@ -549,3 +549,52 @@ pub(crate) fn for_each_pair(
         }
     }
 }
+
+/// Rows a *lane block* holds: the AVX-512 kernel's layout, where lane `r`
+/// of every 64-byte vector is row `r` of the block.
+pub(crate) const LANES: usize = 16;
+
+/// Re-lays `rows` rows of `row_bytes` bytes each (a multiple of 4; `rows` a
+/// multiple of [`LANES`]) into lane blocks, in place: within a block of 16
+/// rows, 4-byte word `d` of row `r` goes to byte `64 d + 4 r`. One 64-byte
+/// load then holds the same word of 16 rows: the same 4 values, a scale or
+/// a header of each. The bytes are the same bytes, moved; one block's worth
+/// of memory is used besides.
+pub(crate) fn interleave(bytes: &mut [u8], rows: usize, row_bytes: usize) {
+    debug_assert_eq!(bytes.len(), rows * row_bytes);
+    let mut rows_of = vec![0; LANES * row_bytes];
+    for block in bytes.chunks_exact_mut(LANES * row_bytes) {
+        rows_of.copy_from_slice(block);
+        for (r, row) in rows_of.chunks_exact(row_bytes).enumerate() {
+            for (d, word) in row.chunks_exact(4).enumerate() {
+                block[64 * d + 4 * r..][..4].copy_from_slice(word);
+            }
+        }
+    }
+}
+
+/// Undoes [`interleave`], in place.
+pub(crate) fn deinterleave(bytes: &mut [u8], rows: usize, row_bytes: usize) {
+    debug_assert_eq!(bytes.len(), rows * row_bytes);
+    let mut lanes = vec![0; LANES * row_bytes];
+    for block in bytes.chunks_exact_mut(LANES * row_bytes) {
+        lanes.copy_from_slice(block);
+        for (r, row) in block.chunks_exact_mut(row_bytes).enumerate() {
+            for (d, word) in row.chunks_exact_mut(4).enumerate() {
+                word.copy_from_slice(&lanes[64 * d + 4 * r..][..4]);
+            }
+        }
+    }
+}
+
+/// Row `row`'s bytes out of interleaved `bytes`, in the row layout.
+pub(crate) fn interleaved_row(bytes: &[u8], row: usize, row_bytes: usize) -> Vec<u8> {
+    let block = &bytes[row / LANES * LANES * row_bytes..][..LANES * row_bytes];
+    let r = row % LANES;
+    (0..row_bytes / 4)
+        .flat_map(|d| {
+            let at = 64 * d + 4 * r;
+            [block[at], block[at + 1], block[at + 2], block[at + 3]]
+        })
+        .collect()
+}

@@ -54,7 +54,7 @@ use rayon::prelude::*;
 pub use layout::QuantType;
 #[cfg(any(test, feature = "test-support"))]
 pub use layout::QUANT_TYPES;
-use layout::{BLOCK, PAIR};
+use layout::{BLOCK, LANES, PAIR};
 
 /// Largest magnitude of a rounded activation (signed 8 bits, symmetric).
 const ACTIVATION_MAX: f32 = 127.0;
@@ -269,11 +269,14 @@ struct Segment {
 
 #[derive(Debug, Clone)]
 enum Data {
-    /// Rows of [`layout`] super-blocks, `row_bytes` each.
+    /// Rows of [`layout`] super-blocks, `row_bytes` each; in lane blocks of
+    /// 16 rows ([`layout::interleave`]) when `lanes`, which the AVX-512
+    /// tier takes when the rows are whole blocks.
     Quant {
         kind: QuantType,
         row_bytes: usize,
         bytes: Vec<u8>,
+        lanes: bool,
     },
     F32(Vec<f32>),
     F16(Vec<f16>),
@@ -361,6 +364,7 @@ impl Matrix {
                     kind,
                     row_bytes,
                     bytes: layout::relayout(kind, bytes, rows, cols),
+                    lanes: false,
                 }
             }
         };
@@ -368,11 +372,14 @@ impl Matrix {
     }
 
     fn single(rows: usize, cols: usize, data: Data) -> Result<Self, QuantError> {
+        let mut segment = Segment { rows, data };
+        let tier = Tier::selected()?;
+        segment.set_lanes(tier);
         Ok(Self {
             rows,
             cols,
-            tier: Tier::selected()?,
-            segments: vec![Segment { rows, data }],
+            tier,
+            segments: vec![segment],
         })
     }
 
@@ -380,7 +387,10 @@ impl Matrix {
     #[cfg(any(test, feature = "test-support"))]
     pub fn with_tier(mut self, tier: Tier) -> Result<Self, QuantError> {
         match tier.supported() {
-            true => self.tier = tier,
+            true => {
+                self.tier = tier;
+                self.segments.iter_mut().for_each(|s| s.set_lanes(tier));
+            }
             false => {
                 return Err(QuantError::Kernel(format!(
                     "this CPU cannot run {}",
@@ -404,14 +414,21 @@ impl Matrix {
                 (
                     Some(Segment {
                         rows,
-                        data: Data::Quant { kind: a, bytes, .. },
+                        data:
+                            Data::Quant {
+                                kind: a,
+                                bytes,
+                                lanes,
+                                ..
+                            },
                     }),
                     Data::Quant {
                         kind: b,
                         bytes: more,
+                        lanes: more_lanes,
                         ..
                     },
-                ) if *a == b => {
+                ) if *a == b && *lanes == more_lanes => {
                     *rows += segment.rows;
                     bytes.extend(more);
                 }
@@ -459,20 +476,25 @@ impl Matrix {
                     kind,
                     row_bytes,
                     bytes,
+                    lanes,
                 } => {
                     let layout = kind.layout();
                     let mut chunks = out.chunks_mut(PAIR);
-                    layout::for_each_pair(
-                        &layout,
-                        &bytes[row * row_bytes..][..*row_bytes],
-                        |v, a, b| {
-                            if let Some(out) = chunks.next() {
-                                for (k, o) in out.iter_mut().enumerate() {
-                                    *o = a[k / 16] * v[k] as f32 + b[k / 16];
-                                }
+                    let gathered;
+                    let row_bytes = match lanes {
+                        true => {
+                            gathered = layout::interleaved_row(bytes, row, *row_bytes);
+                            &gathered[..]
+                        }
+                        false => &bytes[row * row_bytes..][..*row_bytes],
+                    };
+                    layout::for_each_pair(&layout, row_bytes, |v, a, b| {
+                        if let Some(out) = chunks.next() {
+                            for (k, o) in out.iter_mut().enumerate() {
+                                *o = a[k / 16] * v[k] as f32 + b[k / 16];
                             }
-                        },
-                    );
+                        }
+                    });
                 }
             }
             return;
@@ -533,8 +555,12 @@ impl Matrix {
         let mut tiles = Vec::new();
         let mut row = 0;
         for segment in &self.segments {
-            let per_tile = (TILE_BYTES / segment.row_bytes(self.cols).max(1))
+            let mut per_tile = (TILE_BYTES / segment.row_bytes(self.cols).max(1))
                 .clamp(PROMPT_ROWS_AT_ONCE, ROWS_PER_TASK);
+            if segment.lanes() {
+                // Whole lane blocks.
+                per_tile = per_tile.max(LANES) / LANES * LANES;
+            }
             for first in (0..segment.rows).step_by(per_tile) {
                 let n = per_tile.min(segment.rows - first);
                 tiles.push((segment, first, n, row + first));
@@ -680,7 +706,79 @@ fn kernel<const F: u8, const R: usize, const T: usize>(
     portable::dot::<F, R, T>(w, row_bytes, xs)
 }
 
+/// 16 rows of type `F` in a lane block against `T` tokens: `out[t][r]`.
+fn lane_kernel<const F: u8, const T: usize>(
+    tier: Tier,
+    w: &[u8],
+    row_bytes: usize,
+    xs: &[Pairs; T],
+) -> [[f32; LANES]; T] {
+    #[cfg(target_arch = "x86_64")]
+    if tier == Tier::Avx512Vnni {
+        #[allow(unsafe_code)]
+        // SAFETY: as in `kernel`: the matrix's tier was granted on this CPU,
+        // and this kernel needs exactly the AVX-512 VNNI tier's features.
+        return unsafe { x86::dot_lanes::<F, T>(w, row_bytes, xs) };
+    }
+    // Lane blocks are made for the AVX-512 tier only (`Segment::set_lanes`);
+    // were one read on another, its rows are read back first.
+    let mut rows = w[..LANES * row_bytes].to_vec();
+    layout::deinterleave(&mut rows, LANES, row_bytes);
+    let mut out = [[0.0; LANES]; T];
+    for r in 0..LANES {
+        let [dots] = portable::dot::<F, 1, T>(&rows[r * row_bytes..], row_bytes, xs);
+        for (t, dot) in dots.into_iter().enumerate() {
+            out[t][r] = dot;
+        }
+    }
+    out
+}
+
+/// Every one of `rows` rows (whole lane blocks) of `w` against `T` tokens:
+/// `out[k * rows + r]` for token `k`, row `r`.
+fn lane_rows<const F: u8, const T: usize>(
+    tier: Tier,
+    w: &[u8],
+    row_bytes: usize,
+    rows: usize,
+    xs: &[Pairs; T],
+    out: &mut [f32],
+) {
+    for first in (0..rows).step_by(LANES) {
+        let dots = lane_kernel::<F, T>(tier, &w[first * row_bytes..], row_bytes, xs);
+        for (k, dots) in dots.iter().enumerate() {
+            out[k * rows + first..][..LANES].copy_from_slice(dots);
+        }
+    }
+}
+
 impl Segment {
+    /// Lays this segment's rows out in lane blocks when `tier` reads them
+    /// so (AVX-512, whole blocks of 16 rows), or back in rows otherwise.
+    fn set_lanes(&mut self, tier: Tier) {
+        let want = tier == Tier::Avx512Vnni && self.rows.is_multiple_of(LANES);
+        if let Data::Quant {
+            row_bytes,
+            bytes,
+            lanes,
+            ..
+        } = &mut self.data
+        {
+            if *lanes != want {
+                match want {
+                    true => layout::interleave(bytes, self.rows, *row_bytes),
+                    false => layout::deinterleave(bytes, self.rows, *row_bytes),
+                }
+                *lanes = want;
+            }
+        }
+    }
+
+    /// Whether the rows are in lane blocks.
+    fn lanes(&self) -> bool {
+        matches!(self.data, Data::Quant { lanes: true, .. })
+    }
+
     /// Rows `first..first + out.len()` of this segment against the one token.
     fn rows_dot(&self, m: &Matrix, first: usize, out: &mut [f32], x: &[f32], act: &Activations) {
         let cols = m.cols;
@@ -689,10 +787,18 @@ impl Segment {
                 kind,
                 row_bytes,
                 bytes,
+                lanes,
             } => {
                 let w = &bytes[first * row_bytes..][..out.len() * row_bytes];
                 let xs = [act.token(0)];
-                with_type!(*kind, quant_rows::<F>(m.tier, w, *row_bytes, out, &xs));
+                let rows = out.len();
+                match lanes {
+                    true => with_type!(
+                        *kind,
+                        lane_rows::<F, 1>(m.tier, w, *row_bytes, rows, &xs, out)
+                    ),
+                    false => with_type!(*kind, quant_rows::<F>(m.tier, w, *row_bytes, out, &xs)),
+                }
             }
             _ => self.float_dot(first, cols, out, x),
         }
@@ -736,34 +842,52 @@ impl Segment {
                 kind,
                 row_bytes,
                 bytes,
+                lanes,
             } => {
                 let w = &bytes[first_row * row_bytes..][..n * row_bytes];
                 let count = tile.len() / n;
+                let tier = m.tier;
+                let row_bytes = *row_bytes;
                 // Tokens by fours, then a pair, then one alone.
                 let mut t = 0;
                 while count - t >= TOKENS_PER_TASK {
                     let xs: [Pairs; TOKENS_PER_TASK] =
                         std::array::from_fn(|k| act.token(first + t + k));
                     let out = &mut tile[t * n..][..TOKENS_PER_TASK * n];
-                    with_type!(
-                        *kind,
-                        quant_tokens::<F, TOKENS_PER_TASK>(m.tier, w, *row_bytes, n, &xs, out)
-                    );
+                    match lanes {
+                        true => with_type!(
+                            *kind,
+                            lane_rows::<F, TOKENS_PER_TASK>(tier, w, row_bytes, n, &xs, out)
+                        ),
+                        false => with_type!(
+                            *kind,
+                            quant_tokens::<F, TOKENS_PER_TASK>(tier, w, row_bytes, n, &xs, out)
+                        ),
+                    }
                     t += TOKENS_PER_TASK;
                 }
                 if count - t >= 2 {
                     let xs: [Pairs; 2] = std::array::from_fn(|k| act.token(first + t + k));
                     let out = &mut tile[t * n..][..2 * n];
-                    with_type!(
-                        *kind,
-                        quant_tokens::<F, 2>(m.tier, w, *row_bytes, n, &xs, out)
-                    );
+                    match lanes {
+                        true => {
+                            with_type!(*kind, lane_rows::<F, 2>(tier, w, row_bytes, n, &xs, out))
+                        }
+                        false => {
+                            with_type!(*kind, quant_tokens::<F, 2>(tier, w, row_bytes, n, &xs, out))
+                        }
+                    }
                     t += 2;
                 }
                 if t < count {
                     let xs = [act.token(first + t)];
                     let out = &mut tile[t * n..][..n];
-                    with_type!(*kind, quant_rows::<F>(m.tier, w, *row_bytes, out, &xs));
+                    match lanes {
+                        true => {
+                            with_type!(*kind, lane_rows::<F, 1>(tier, w, row_bytes, n, &xs, out))
+                        }
+                        false => with_type!(*kind, quant_rows::<F>(tier, w, row_bytes, out, &xs)),
+                    }
                 }
             }
             _ => {

@@ -106,8 +106,9 @@ fn assert_close(m: &Matrix, x: &[f32]) -> Result<(), TestCaseError> {
 fn every_type_keeps_the_files_values() {
     let seed: Vec<u8> = (0..=255).collect();
     for kind in QUANT_TYPES {
-        for blocks in [1, 3] {
-            let (rows, cols) = (3, cols_for(kind, blocks));
+        // 16 rows: one lane block, on the AVX-512 tier.
+        for (blocks, rows) in [(1, 3), (3, 3), (2, 16)] {
+            let cols = cols_for(kind, blocks);
             let bytes = file_bytes(kind, rows, cols, &seed);
             let m = Matrix::from_gguf(GgufType::Quant(kind), &bytes, rows, cols).expect("matrix");
             let want = candle_values(kind, &bytes, rows, cols);
@@ -121,6 +122,49 @@ fn every_type_keeps_the_files_values() {
                     "{kind:?} value {i}: {g} vs candle's {w}"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn lane_blocks_move_bytes_and_change_no_value() {
+    let seed: Vec<u8> = (0..=255).rev().collect();
+    let quant_bytes = |m: &Matrix| match &m.segments[0].data {
+        Data::Quant { bytes, .. } => bytes.clone(),
+        _ => unreachable!("a quantized matrix"),
+    };
+    for kind in QUANT_TYPES {
+        let (rows, cols) = (32, cols_for(kind, 2));
+        let bytes = file_bytes(kind, rows, cols, &seed);
+        let m = Matrix::from_gguf(GgufType::Quant(kind), &bytes, rows, cols)
+            .expect("matrix")
+            .with_tier(Tier::Portable)
+            .expect("portable");
+        assert!(
+            !m.segments[0].lanes(),
+            "rows stay rows off the AVX-512 tier"
+        );
+        let in_rows = quant_bytes(&m);
+        let row_bytes = in_rows.len() / rows;
+        let mut lanes = in_rows.clone();
+        layout::interleave(&mut lanes, rows, row_bytes);
+        assert_ne!(lanes, in_rows);
+        let mut back = lanes.clone();
+        layout::deinterleave(&mut back, rows, row_bytes);
+        assert_eq!(back, in_rows);
+        for row in [0, 5, 16, 31] {
+            assert_eq!(
+                layout::interleaved_row(&lanes, row, row_bytes),
+                in_rows[row * row_bytes..][..row_bytes]
+            );
+        }
+        if Tier::Avx512Vnni.supported() {
+            let l = m.clone().with_tier(Tier::Avx512Vnni).expect("avx512");
+            assert!(l.segments[0].lanes(), "{kind:?}: whole blocks of 16 rows");
+            assert_eq!(quant_bytes(&l), lanes);
+            assert_eq!(all_rows(&l), all_rows(&m), "{kind:?}: the same values");
+            let back = l.with_tier(Tier::Portable).expect("portable");
+            assert_eq!(quant_bytes(&back), in_rows);
         }
     }
 }
@@ -282,11 +326,12 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Every type, on every tier this CPU runs, for 1 to 9 tokens (the decode
-    /// path, the prompt path and its remainders), against exact products.
+    /// path, the prompt path and its remainders), against exact products;
+    /// whole blocks of 16 rows as often (the AVX-512 tier's lane blocks).
     #[test]
     fn products_match_the_exact_ones(
         type_index in 0usize..QUANT_TYPES.len(),
-        rows in 1usize..12,
+        rows in prop_oneof![1usize..12, (1usize..5).prop_map(|k| 16 * k)],
         blocks in 1usize..4,
         tokens in 1usize..10,
         seed in proptest::collection::vec(any::<u8>(), 8..64),
@@ -308,11 +353,12 @@ proptest! {
         type_index in 0usize..QUANT_TYPES.len(),
         blocks in 1usize..5,
         tokens in 1usize..6,
+        rows in prop_oneof![Just(7usize), Just(16), Just(48)],
         seed in proptest::collection::vec(any::<u8>(), 8..64),
         x in proptest::collection::vec(-4.0f32..4.0, 5 * 4 * 256),
     ) {
         let kind = QUANT_TYPES[type_index];
-        let (rows, cols) = (7, cols_for(kind, blocks));
+        let cols = cols_for(kind, blocks);
         let bytes = file_bytes(kind, rows, cols, &seed);
         let m = Matrix::from_gguf(GgufType::Quant(kind), &bytes, rows, cols).expect("matrix");
         let x = &x[..tokens * cols];
@@ -338,7 +384,7 @@ proptest! {
     fn a_token_gets_the_same_bits_in_any_batch(
         type_index in 0usize..QUANT_TYPES.len(),
         float in any::<bool>(),
-        rows in 1usize..90,
+        rows in prop_oneof![1usize..90, (1usize..6).prop_map(|k| 16 * k)],
         tokens in 2usize..(TOKEN_BLOCK + 7),
         seed in proptest::collection::vec(any::<u8>(), 8..64),
     ) {

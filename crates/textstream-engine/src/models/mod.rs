@@ -27,10 +27,12 @@ mod qwen2;
 mod qwen3;
 
 use std::io::{Read, Seek};
+use std::ops::Range;
 
 use candle_core::quantized::gguf_file::{Content, TensorInfo};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
+use rayon::prelude::*;
 
 pub use hparams::{Activation, Hparams, Rope, RopeStyle, SlidingWindow, Wiring};
 use layers::{add, gated_activation, rms_norm, rms_norm_in_place, rotate, rotations, LayerCache};
@@ -753,36 +755,43 @@ impl Transformer {
                 || rms_norm(&b.x, &block.attn_norm, h.rms_eps, &mut b.normed),
             );
             block.qkv.matmul(&b.normed, &mut b.qkv, &mut acts);
-            for (step, span) in steps.iter_mut().zip(&spans) {
-                let layer = &mut step.cache.layers[i];
-                let qkv = &mut b.qkv[span.start * qkv_width..span.end * qkv_width];
-                let rotation = &rotation[span.start * h.rope.dims..span.end * h.rope.dims];
-                vectorized(
-                    #[inline(always)]
-                    || {
-                        for (j, token) in qkv.chunks_exact_mut(qkv_width).enumerate() {
-                            if let Some(bias) = &block.qkv_bias {
-                                add(token, bias);
+            // Each sequence's rotations, cache writes and attention: on its
+            // own rows and its own cache, so the sequences run in parallel
+            // (one at a time, a decode step's 3 or so attention jobs left a
+            // core idle, once per sequence and layer).
+            let rows = split_rows(&mut b.qkv, &spans, qkv_width)
+                .into_iter()
+                .zip(split_rows(&mut b.attn, &spans, q_width));
+            let work: Vec<_> = steps.iter_mut().zip(&spans).zip(rows).collect();
+            work.into_par_iter()
+                .for_each(|((step, span), (qkv, attn))| {
+                    let layer = &mut step.cache.layers[i];
+                    let rotation = &rotation[span.start * h.rope.dims..span.end * h.rope.dims];
+                    vectorized(
+                        #[inline(always)]
+                        || {
+                            for (j, token) in qkv.chunks_exact_mut(qkv_width).enumerate() {
+                                if let Some(bias) = &block.qkv_bias {
+                                    add(token, bias);
+                                }
+                                let (q, kv) = token.split_at_mut(q_width);
+                                if let Some((q_norm, k_norm)) = &block.qk_norm {
+                                    rms_norm_in_place(q, q_norm, h.rms_eps);
+                                    rms_norm_in_place(&mut kv[..kv_width], k_norm, h.rms_eps);
+                                }
+                                let rotation = &rotation[j * h.rope.dims..][..h.rope.dims];
+                                for head in q.chunks_exact_mut(h.head_dim) {
+                                    rotate(w.rope_style, head, rotation);
+                                }
+                                for head in kv[..kv_width].chunks_exact_mut(h.head_dim) {
+                                    rotate(w.rope_style, head, rotation);
+                                }
+                                layer.store(h.head_dim, step.pos + j, kv);
                             }
-                            let (q, kv) = token.split_at_mut(q_width);
-                            if let Some((q_norm, k_norm)) = &block.qk_norm {
-                                rms_norm_in_place(q, q_norm, h.rms_eps);
-                                rms_norm_in_place(&mut kv[..kv_width], k_norm, h.rms_eps);
-                            }
-                            let rotation = &rotation[j * h.rope.dims..][..h.rope.dims];
-                            for head in q.chunks_exact_mut(h.head_dim) {
-                                rotate(w.rope_style, head, rotation);
-                            }
-                            for head in kv[..kv_width].chunks_exact_mut(h.head_dim) {
-                                rotate(w.rope_style, head, rotation);
-                            }
-                            layer.store(h.head_dim, step.pos + j, kv);
-                        }
-                    },
-                );
-                let attn = &mut b.attn[span.start * q_width..span.end * q_width];
-                layer.attend(h, qkv, step.pos, attn);
-            }
+                        },
+                    );
+                    layer.attend(h, qkv, step.pos, attn);
+                });
             block.output.matmul(&b.attn, &mut b.projected, &mut acts);
             vectorized(
                 #[inline(always)]
@@ -836,6 +845,24 @@ impl Transformer {
             .map(<[f32]>::to_vec)
             .collect()
     }
+}
+
+/// `buffer`'s rows (`width` values each) cut into each step's own, in order:
+/// `spans` are consecutive from row 0.
+fn split_rows<'a>(
+    buffer: &'a mut [f32],
+    spans: &[Range<usize>],
+    width: usize,
+) -> Vec<&'a mut [f32]> {
+    let mut rest = buffer;
+    spans
+        .iter()
+        .map(|span| {
+            let (rows, tail) = std::mem::take(&mut rest).split_at_mut(span.len() * width);
+            rest = tail;
+            rows
+        })
+        .collect()
 }
 
 /// A norm's (or bias's) weights as f32.

@@ -415,3 +415,62 @@ proptest! {
         }
     }
 }
+
+/// Activation rounding as first written (scalar): `f32::max`, `round() as i8`.
+fn quantize_block_scalar(block: &[f32], lanes: &mut [u8]) -> RoundedBlock {
+    let max = block.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let scale = max / ACTIVATION_MAX;
+    let inverse = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+    let mut sums = [0i32; 2];
+    for (k, (lane, &x)) in lanes.iter_mut().zip(block).enumerate() {
+        let q = (x * inverse).round() as i8;
+        sums[k / 16] += q as i32;
+        *lane = q as u8;
+    }
+    let scale = f16::from_f32(scale).to_f32();
+    RoundedBlock {
+        scale,
+        exact_sums: sums.map(|s| scale * s as f32),
+        rounded_sum: (f16::from_f32((sums[0] + sums[1]) as f32) * f16::from_f32(scale)).to_f32(),
+    }
+}
+
+/// Any f32 at all, the awkward ones often: NaN, infinities, zeros of both
+/// signs, denormals (a denormal maximum has an infinite inverse scale) and
+/// values exactly halfway between two lanes.
+fn any_activation() -> impl Strategy<Value = f32> {
+    prop_oneof![
+        4 => -10.0f32..10.0,
+        1 => Just(f32::NAN),
+        1 => Just(f32::INFINITY),
+        1 => Just(f32::NEG_INFINITY),
+        1 => Just(-0.0f32),
+        1 => (1u32..0x0080_0000).prop_map(f32::from_bits),
+        1 => (-127i32..=127).prop_map(|k| k as f32 + 0.5),
+        1 => any::<u32>().prop_map(f32::from_bits),
+    ]
+}
+
+proptest! {
+    /// The vectorized rounding of a block of activations gives exactly the
+    /// lanes and sums of the scalar one, whatever the values.
+    #[test]
+    fn block_rounding_is_the_scalar_rounding(
+        block in prop_oneof![
+            proptest::collection::vec(any_activation(), BLOCK),
+            // Only denormals and zeros: the maximum itself is denormal.
+            proptest::collection::vec(
+                prop_oneof![(0u32..0x0080_0000).prop_map(f32::from_bits), Just(-0.0f32)],
+                BLOCK,
+            ),
+        ],
+    ) {
+        let (mut fast, mut slow) = ([0u8; BLOCK], [0u8; BLOCK]);
+        let got = quantize_block(&block, &mut fast);
+        let want = quantize_block_scalar(&block, &mut slow);
+        prop_assert_eq!(fast, slow);
+        prop_assert_eq!(got.scale.to_bits(), want.scale.to_bits());
+        prop_assert_eq!(got.exact_sums.map(f32::to_bits), want.exact_sums.map(f32::to_bits));
+        prop_assert_eq!(got.rounded_sum.to_bits(), want.rounded_sum.to_bits());
+    }
+}

@@ -515,22 +515,18 @@ fn attend(
         .collect();
     scores.clear();
     scores.resize(rows.len() * padded, 0.0);
+    let queries = by_dimension(&rows, head_dim);
     let keys = kv.keys[aligned * head_dim..].chunks_exact(KEY_TILE * head_dim);
     for (tile, keys) in keys.take(tiles).enumerate() {
-        let mut r = 0;
-        while r < rows.len() {
-            r += match rows.len() - r {
-                1 => tile_scores::<1>(&rows[r..], keys, &mut scores[r * padded..], padded, tile),
-                2 => tile_scores::<2>(&rows[r..], keys, &mut scores[r * padded..], padded, tile),
-                3 => tile_scores::<3>(&rows[r..], keys, &mut scores[r * padded..], padded, tile),
-                _ => tile_scores::<SCORE_ROWS>(
-                    &rows[r..],
-                    keys,
-                    &mut scores[r * padded..],
-                    padded,
-                    tile,
-                ),
-            };
+        for (block, queries) in queries.iter().enumerate() {
+            let r = block * SCORE_ROWS;
+            let scores = &mut scores[r * padded..];
+            match rows.len() - r {
+                1 => tile_scores::<1>(queries, keys, scores, padded, tile),
+                2 => tile_scores::<2>(queries, keys, scores, padded, tile),
+                3 => tile_scores::<3>(queries, keys, scores, padded, tile),
+                _ => tile_scores::<SCORE_ROWS>(queries, keys, scores, padded, tile),
+            }
         }
     }
     // Softmax numerators of each query row's scores.
@@ -577,20 +573,22 @@ fn attend(
 
 /// The scores of `N` query rows against one tile of keys
 /// (`[head_dim][KEY_TILE]`), into each row's `scores` (rows `padded`
-/// apart) at `tile`; returns `N`. The key tile is read once for all rows.
+/// apart) at `tile`. `queries` holds the rows by dimension (`[d][row]`, as
+/// [`by_dimension`] lays them out), so each step of the pass reads the next
+/// `N` values and the next key row; the key tile is read once for all rows,
+/// and each row's sum runs over `d` in order.
 #[inline(always)]
 fn tile_scores<const N: usize>(
-    rows: &[&[f32]],
+    queries: &[[f32; SCORE_ROWS]],
     keys: &[f32],
     scores: &mut [f32],
     padded: usize,
     tile: usize,
-) -> usize {
-    let rows: [&[f32]; N] = std::array::from_fn(|n| rows[n]);
+) {
     let mut lanes = [[0.0f32; KEY_TILE]; N];
-    for (d, key) in keys.chunks_exact(KEY_TILE).enumerate() {
-        for (lanes, row) in lanes.iter_mut().zip(rows) {
-            let q = row[d];
+    let (keys, _) = keys.as_chunks::<KEY_TILE>();
+    for (key, q) in keys.iter().zip(queries) {
+        for (lanes, &q) in lanes.iter_mut().zip(q) {
             for (lane, &k) in lanes.iter_mut().zip(key) {
                 *lane = q.mul_add(k, *lane);
             }
@@ -599,13 +597,24 @@ fn tile_scores<const N: usize>(
     for (n, lanes) in lanes.iter().enumerate() {
         scores[n * padded + tile * KEY_TILE..][..KEY_TILE].copy_from_slice(lanes);
     }
-    N
+}
+
+/// Each block of [`SCORE_ROWS`] query rows by dimension: `[block][d][row]`
+/// (rows past the last are zeros).
+fn by_dimension(rows: &[&[f32]], head_dim: usize) -> Vec<Vec<[f32; SCORE_ROWS]>> {
+    rows.chunks(SCORE_ROWS)
+        .map(|block| {
+            (0..head_dim)
+                .map(|d| std::array::from_fn(|n| block.get(n).map_or(0.0, |row| row[d])))
+                .collect()
+        })
+        .collect()
 }
 
 /// `out = Σ_j p[j] * values[j]` (rows of `D` values) for every row of
-/// probabilities, `N` rows at a time: each value row is read once for the
-/// `N`, and their sums stay in registers (a fixed size lets the compiler
-/// hold them there). Each row's sum runs over `j` in order, as alone.
+/// probabilities, up to `N` rows at a time: each value row is read once for
+/// them, and their sums stay in registers. Each row's sum runs over `j` in
+/// order, as alone.
 #[inline(always)]
 fn weighted_sums<const D: usize, const N: usize>(
     probabilities: &[&[f32]],
@@ -613,24 +622,44 @@ fn weighted_sums<const D: usize, const N: usize>(
     outs: &mut [&mut [f32]],
 ) {
     for (probabilities, outs) in probabilities.chunks(N).zip(outs.chunks_mut(N)) {
-        let common = probabilities.iter().map(|p| p.len()).min().unwrap_or(0);
-        let mut sums = [[0.0f32; D]; N];
-        for (j, value) in values.chunks_exact(D).take(common).enumerate() {
-            for (sum, p) in sums.iter_mut().zip(probabilities) {
-                let p = p[j];
-                for (s, &v) in sum.iter_mut().zip(value) {
-                    *s = p.mul_add(v, *s);
-                }
+        // A fixed count of rows (not the chunk's length, known only at run
+        // time): with it the sums are registers; without it, each
+        // multiply-add loaded and stored its sum.
+        match probabilities.len() {
+            1 => rows_sums::<D, 1>(probabilities, values, outs),
+            2 => rows_sums::<D, 2>(probabilities, values, outs),
+            3 => rows_sums::<D, 3>(probabilities, values, outs),
+            _ => rows_sums::<D, N>(probabilities, values, outs),
+        }
+    }
+}
+
+/// [`weighted_sums`] of exactly `N` rows.
+#[inline(always)]
+fn rows_sums<const D: usize, const N: usize>(
+    probabilities: &[&[f32]],
+    values: &[f32],
+    outs: &mut [&mut [f32]],
+) {
+    let probabilities: [&[f32]; N] = std::array::from_fn(|n| probabilities[n]);
+    let common = probabilities.iter().map(|p| p.len()).min().unwrap_or(0);
+    let mut sums = [[0.0f32; D]; N];
+    let (values, _) = values.as_chunks::<D>();
+    for (j, value) in values.iter().take(common).enumerate() {
+        for (sum, p) in sums.iter_mut().zip(probabilities) {
+            let p = p[j];
+            for (s, &v) in sum.iter_mut().zip(value) {
+                *s = p.mul_add(v, *s);
             }
         }
-        for ((sum, p), out) in sums.iter_mut().zip(probabilities).zip(outs.iter_mut()) {
-            for (&p, value) in p[common..].iter().zip(values[common * D..].chunks_exact(D)) {
-                for (s, &v) in sum.iter_mut().zip(value) {
-                    *s = p.mul_add(v, *s);
-                }
+    }
+    for ((sum, p), out) in sums.iter_mut().zip(probabilities).zip(outs.iter_mut()) {
+        for (&p, value) in p[common..].iter().zip(&values[common..]) {
+            for (s, &v) in sum.iter_mut().zip(value) {
+                *s = p.mul_add(v, *s);
             }
-            out.copy_from_slice(sum);
         }
+        out.copy_from_slice(sum);
     }
 }
 

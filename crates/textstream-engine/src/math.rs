@@ -33,7 +33,33 @@ pub(crate) fn fast_exp(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let e_r = p * r * r + r + 1.0;
-    e_r * f32::from_bits(((k as i32 + 127) << 23) as u32)
+    e_r * f32::from_bits(((integer_bits(k) + 127) << 23) as u32)
+}
+
+/// A whole number `r` with `|r| < 2^22` as an `i32`: `r + 1.5 * 2^23` is
+/// exact (its unit in the last place is 1) and its bits are `0x4B40_0000 + r`.
+/// Vectorizes, where `r as i32` (saturating, NaN to 0) went lane by lane.
+#[inline(always)]
+pub(crate) fn integer_bits(r: f32) -> i32 {
+    const MAGIC: f32 = 12_582_912.0;
+    ((r + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32)
+}
+
+/// The largest value (NaNs passed over, as `f32::max` does; -∞ for none),
+/// in 16 lanes: the same value as a fold, which runs one compare at a time.
+#[inline(always)]
+pub(crate) fn max_f32(values: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let (chunks, rest) = values.as_chunks::<LANES>();
+    for chunk in chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = if v > *m { v } else { *m };
+        }
+    }
+    rest.iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 /// `Σ e^(v - shift)` over `values`, in f64 (sums of 16 lanes in f32 first).
@@ -60,6 +86,25 @@ pub(crate) fn sum_exp_shifted(values: &[f32], shift: f32) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The 16-lane maximum is the fold's, NaNs and infinities included.
+        #[test]
+        fn lanes_maximum_is_the_folds(
+            values in proptest::collection::vec(
+                proptest::prop_oneof![
+                    4 => -1e6f32..1e6,
+                    1 => proptest::strategy::Just(f32::NAN),
+                    1 => proptest::strategy::Just(f32::INFINITY),
+                    1 => proptest::strategy::Just(f32::NEG_INFINITY),
+                ],
+                0..100,
+            ),
+        ) {
+            let fold = values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            proptest::prop_assert_eq!(max_f32(&values).to_bits(), fold.to_bits());
+        }
+    }
 
     #[test]
     fn fast_exp_is_within_a_few_ulp_of_libm() {

@@ -14,7 +14,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::hparams::{Activation, Hparams, Rope, RopeStyle, MAX_GROUP};
-use crate::math::{exp_in_place, fast_exp};
+use crate::math::{exp_in_place, fast_exp, max_f32};
 use crate::quant::{dot_f32, vectorized};
 
 /// Key positions per tile of the key cache (16 f32 lanes: one AVX-512 register).
@@ -539,7 +539,7 @@ fn attend(
         .collect();
     for (r, scores) in scores.chunks_exact_mut(padded).enumerate() {
         let scores = &mut scores[offset..][..seen[r]];
-        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let max = max_f32(scores);
         scores.iter_mut().for_each(|v| *v = (*v - max) * scale);
         exp_in_place(scores);
         let partial = &mut partials[r / group];

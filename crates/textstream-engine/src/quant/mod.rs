@@ -1146,7 +1146,7 @@ fn quantize_block(block: &[f32], lanes: &mut [u8]) -> RoundedBlock {
         } else {
             r.clamp(-128.0, 127.0)
         };
-        *q = integer_bits(r);
+        *q = crate::math::integer_bits(r);
     }
     for (lane, &q) in lanes.iter_mut().zip(&q) {
         *lane = q as i8 as u8;
@@ -1159,14 +1159,6 @@ fn quantize_block(block: &[f32], lanes: &mut [u8]) -> RoundedBlock {
         exact_sums: sums.map(|s| scale * s as f32),
         rounded_sum: (f16::from_f32((sums[0] + sums[1]) as f32) * f16::from_f32(scale)).to_f32(),
     }
-}
-
-/// A whole number `r` with `|r| < 2^22` as an `i32`: `r + 1.5 * 2^23` is
-/// exact (its unit in the last place is 1) and its bits are `0x4B40_0000 + r`.
-#[inline(always)]
-fn integer_bits(r: f32) -> i32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (r + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32
 }
 
 /// A dot product of f32 slices, in 16 lanes (so it vectorizes).

@@ -854,57 +854,43 @@ impl Segment {
                 let tier = m.tier;
                 let row_bytes = *row_bytes;
                 // Tokens by eights on lane blocks, by fours, then a pair,
-                // then one alone.
+                // then one alone: `$rows::<F, $t>` on the next `$t` tokens.
                 let mut t = 0;
+                macro_rules! tokens {
+                    ($rows:ident, $t:expr) => {{
+                        let xs: [Pairs; $t] = std::array::from_fn(|k| act.token(first + t + k));
+                        let out = &mut tile[t * n..][..$t * n];
+                        with_type!(*kind, $rows::<F, $t>(tier, w, row_bytes, n, &xs, out));
+                        t += $t;
+                    }};
+                }
                 while *lanes && count - t >= LANE_TOKENS_PER_TASK {
-                    let xs: [Pairs; LANE_TOKENS_PER_TASK] =
-                        std::array::from_fn(|k| act.token(first + t + k));
-                    let out = &mut tile[t * n..][..LANE_TOKENS_PER_TASK * n];
-                    with_type!(
-                        *kind,
-                        lane_rows::<F, LANE_TOKENS_PER_TASK>(tier, w, row_bytes, n, &xs, out)
-                    );
-                    t += LANE_TOKENS_PER_TASK;
+                    tokens!(lane_rows, LANE_TOKENS_PER_TASK);
                 }
                 while count - t >= TOKENS_PER_TASK {
-                    let xs: [Pairs; TOKENS_PER_TASK] =
-                        std::array::from_fn(|k| act.token(first + t + k));
-                    let out = &mut tile[t * n..][..TOKENS_PER_TASK * n];
                     match lanes {
-                        true => with_type!(
-                            *kind,
-                            lane_rows::<F, TOKENS_PER_TASK>(tier, w, row_bytes, n, &xs, out)
-                        ),
-                        false => with_type!(
-                            *kind,
-                            quant_tokens::<F, TOKENS_PER_TASK>(tier, w, row_bytes, n, &xs, out)
-                        ),
+                        true => tokens!(lane_rows, TOKENS_PER_TASK),
+                        false => tokens!(quant_tokens, TOKENS_PER_TASK),
                     }
-                    t += TOKENS_PER_TASK;
                 }
                 if count - t >= 2 {
-                    let xs: [Pairs; 2] = std::array::from_fn(|k| act.token(first + t + k));
-                    let out = &mut tile[t * n..][..2 * n];
                     match lanes {
-                        true => {
-                            with_type!(*kind, lane_rows::<F, 2>(tier, w, row_bytes, n, &xs, out))
-                        }
-                        false => {
-                            with_type!(*kind, quant_tokens::<F, 2>(tier, w, row_bytes, n, &xs, out))
-                        }
+                        true => tokens!(lane_rows, 2),
+                        false => tokens!(quant_tokens, 2),
                     }
-                    t += 2;
                 }
                 if t < count {
-                    let xs = [act.token(first + t)];
-                    let out = &mut tile[t * n..][..n];
                     match lanes {
-                        true => {
-                            with_type!(*kind, lane_rows::<F, 1>(tier, w, row_bytes, n, &xs, out))
+                        true => tokens!(lane_rows, 1),
+                        false => {
+                            let xs = [act.token(first + t)];
+                            let out = &mut tile[t * n..][..n];
+                            with_type!(*kind, quant_rows::<F>(tier, w, row_bytes, out, &xs));
+                            t += 1;
                         }
-                        false => with_type!(*kind, quant_rows::<F>(tier, w, row_bytes, out, &xs)),
                     }
                 }
+                debug_assert_eq!(t, count, "every token of the tile");
             }
             _ => {
                 for (t, out) in tile.chunks_exact_mut(n).enumerate() {

@@ -4,21 +4,35 @@
 //! layers hold either the whole context or, for windowed layers, only their
 //! window (a ring of slots).
 //!
-//! The KV cache stores keys in tiles of [`KEY_TILE`] positions,
-//! dimension-major inside a tile, so a query's scores against 16 keys are 16
-//! lanes of one multiply-add per dimension, and one pass over a KV head's
-//! keys serves its whole group of query heads.
+//! The KV cache stores keys and values as f16 (as llama.cpp does by
+//! default: half the bytes that attention reads), keys in tiles of
+//! [`KEY_TILE`] positions, dimension-major inside a tile, so a query's
+//! scores against 16 keys are 16 lanes of one multiply-add per dimension,
+//! and one pass over a KV head's keys serves its whole group of query
+//! heads. Attention widens a tile of keys, or a block of value rows, to f32
+//! once for all the queries that read it.
 
 use std::ops::Range;
 
+use half::f16;
 use rayon::prelude::*;
 
 use super::hparams::{Activation, Hparams, Rope, RopeStyle, MAX_GROUP};
 use crate::math::{exp_in_place, fast_exp, max_f32};
-use crate::quant::{dot_f32, vectorized};
+use crate::quant::{dot_f32, narrow_f16, vectorized, widen_f16};
 
 /// Key positions per tile of the key cache (16 f32 lanes: one AVX-512 register).
 pub const KEY_TILE: usize = 16;
+
+/// Value rows attention widens to f32 at a time (with a tile of keys, a
+/// few KiB: they stay in the core's first cache while every query reads
+/// them).
+const VALUE_BLOCK: usize = 16;
+
+/// The most bytes a prompt chunk's attention widens its layer's whole
+/// cache into, once for all its jobs (past it, each job widens what it
+/// reads, as a decode step's do).
+const WIDE_CACHE_LIMIT: usize = 64 << 20;
 
 /// Key positions per task when a decode step's attention is split (a
 /// multiple of [`KEY_TILE`]): past this, a step has work for every core.
@@ -161,16 +175,16 @@ pub fn rotate(style: RopeStyle, head: &mut [f32], rotation: &[f32]) {
     }
 }
 
-/// One block's cached keys and values: the whole context, or for a
+/// One block's cached keys and values, as f16: the whole context, or for a
 /// windowed layer a ring of slots just large enough for the window and one
 /// prompt chunk.
 #[derive(Debug)]
 pub struct LayerCache {
     /// Per KV head, `[slots / KEY_TILE][head_dim][KEY_TILE]`, grown a tile
     /// at a time as positions are written.
-    keys: Vec<Vec<f32>>,
+    keys: Vec<Vec<f16>>,
     /// Per KV head, `[slots][head_dim]`, grown with the keys.
-    values: Vec<Vec<f32>>,
+    values: Vec<Vec<f16>>,
     /// Slots per KV head (a multiple of [`KEY_TILE`]); position `p` lives
     /// in slot `p % slots`.
     slots: usize,
@@ -203,25 +217,26 @@ impl LayerCache {
     }
 
     /// Writes one position's keys and values (`kv = [keys | values]`, each
-    /// `[kv_heads][head_dim]`).
+    /// `[kv_heads][head_dim]`), rounded to the nearest f16.
     pub fn store(&mut self, head_dim: usize, position: usize, kv: &[f32]) {
         let kv_width = kv.len() / 2;
         let slot = position % self.slots;
         let (tile, lane) = (slot / KEY_TILE, slot % KEY_TILE);
         // Whole tiles, so that attention may read a tile past the last key.
         let needed = (tile + 1) * KEY_TILE * head_dim;
+        let mut key = vec![f16::ZERO; head_dim];
         for (head, (keys, values)) in self.keys.iter_mut().zip(&mut self.values).enumerate() {
             if keys.len() < needed {
-                keys.resize(needed, 0.0);
-                values.resize(needed, 0.0);
+                keys.resize(needed, f16::ZERO);
+                values.resize(needed, f16::ZERO);
             }
-            let key = &kv[head * head_dim..][..head_dim];
+            narrow_f16(&kv[head * head_dim..][..head_dim], &mut key);
             let tile_start = tile * head_dim * KEY_TILE;
             for (d, &k) in key.iter().enumerate() {
                 keys[tile_start + d * KEY_TILE + lane] = k;
             }
             let value = &kv[kv_width + head * head_dim..][..head_dim];
-            values[slot * head_dim..][..head_dim].copy_from_slice(value);
+            narrow_f16(value, &mut values[slot * head_dim..][..head_dim]);
         }
     }
 
@@ -297,9 +312,28 @@ impl LayerCache {
                 }
             }
         }
+        // A prompt chunk's jobs read each key and value many times (once
+        // per block of queries): widened once here, not by every job.
+        // Widening is exact, so the jobs' arithmetic is the same either way.
+        let stored: usize = self.keys.iter().chain(&self.values).map(Vec::len).sum();
+        let wide: Vec<(Vec<f32>, Vec<f32>)> =
+            if t > 1 && stored * std::mem::size_of::<f32>() <= WIDE_CACHE_LIMIT {
+                self.keys
+                    .par_iter()
+                    .zip(&self.values)
+                    .map(|(keys, values)| {
+                        let mut wide = (vec![0.0; keys.len()], vec![0.0; values.len()]);
+                        widen_f16(keys, &mut wide.0);
+                        widen_f16(values, &mut wide.1);
+                        wide
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let done: Vec<(Vec<Partial>, Vec<f32>)> = jobs
             .par_iter()
-            .map_init(Vec::new, |scores, job| {
+            .map_init(Scratch::default, |scratch, job| {
                 let first = &pieces[job[0]];
                 let members: Vec<Member> = job
                     .iter()
@@ -309,10 +343,17 @@ impl LayerCache {
                         end: pieces[p].end,
                     })
                     .collect();
-                let span = KvHead {
-                    keys: &self.keys[first.kv_head],
-                    values: &self.values[first.kv_head],
-                    head_dim: h.head_dim,
+                let span = match wide.get(first.kv_head) {
+                    Some((keys, values)) => KvHead {
+                        keys: Rows::Wide(keys),
+                        values: Rows::Wide(values),
+                        head_dim: h.head_dim,
+                    },
+                    None => KvHead {
+                        keys: Rows::Half(&self.keys[first.kv_head]),
+                        values: Rows::Half(&self.values[first.kv_head]),
+                        head_dim: h.head_dim,
+                    },
                 };
                 let mut outs = vec![0.0; job.len() * group_width];
                 let partials = vectorized(
@@ -323,7 +364,7 @@ impl LayerCache {
                             first.start,
                             span,
                             h.attention_scale,
-                            scores,
+                            scratch,
                             &mut outs,
                         )
                     },
@@ -367,13 +408,13 @@ impl LayerCache {
 
     /// Bytes of one block: [`KEY_TILE`] positions' keys and values.
     pub fn block_bytes(h: &Hparams) -> u64 {
-        (2 * KEY_TILE * h.kv_heads * h.head_dim * std::mem::size_of::<f32>()) as u64
+        (2 * KEY_TILE * h.kv_heads * h.head_dim * std::mem::size_of::<f16>()) as u64
     }
 
     /// Bytes this cache holds now.
     pub fn held_bytes(&self) -> u64 {
-        let floats: usize = self.keys.iter().chain(&self.values).map(Vec::len).sum();
-        (floats * std::mem::size_of::<f32>()) as u64
+        let values: usize = self.keys.iter().chain(&self.values).map(Vec::len).sum();
+        (values * std::mem::size_of::<f16>()) as u64
     }
 
     /// Gives its memory back; the cache grows again as positions are written.
@@ -392,11 +433,9 @@ impl LayerCache {
     /// A copy holding what this cache holds for positions `..keep`: only
     /// the tiles those positions live in. The ring must not have wrapped.
     pub fn prefix_copy(&self, head_dim: usize, keep: usize) -> Self {
-        let floats = keep.div_ceil(KEY_TILE) * KEY_TILE * head_dim;
-        let copy = |v: &Vec<Vec<f32>>| -> Vec<Vec<f32>> {
-            v.iter()
-                .map(|v| v[..floats.min(v.len())].to_vec())
-                .collect()
+        let kept = keep.div_ceil(KEY_TILE) * KEY_TILE * head_dim;
+        let copy = |v: &Vec<Vec<f16>>| -> Vec<Vec<f16>> {
+            v.iter().map(|v| v[..kept.min(v.len())].to_vec()).collect()
         };
         Self {
             keys: copy(&self.keys),
@@ -425,9 +464,51 @@ struct Member<'a> {
 /// One KV head's cached keys and values.
 #[derive(Clone, Copy)]
 struct KvHead<'a> {
-    keys: &'a [f32],
-    values: &'a [f32],
+    keys: Rows<'a>,
+    values: Rows<'a>,
     head_dim: usize,
+}
+
+/// A KV head's keys or values: as stored, or widened to f32 beforehand.
+#[derive(Clone, Copy)]
+enum Rows<'a> {
+    Half(&'a [f16]),
+    Wide(&'a [f32]),
+}
+
+impl<'a> Rows<'a> {
+    /// Values `at..at + len` as f32: the widened ones, or these widened
+    /// into `buffer` (at least `len` long).
+    #[inline(always)]
+    fn get<'b>(self, at: usize, len: usize, buffer: &'b mut [f32]) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match self {
+            Rows::Wide(wide) => &wide[at..][..len],
+            Rows::Half(half) => {
+                let buffer = &mut buffer[..len];
+                widen_f16(&half[at..][..len], buffer);
+                buffer
+            }
+        }
+    }
+
+    fn len(self) -> usize {
+        match self {
+            Rows::Wide(wide) => wide.len(),
+            Rows::Half(half) => half.len(),
+        }
+    }
+}
+
+/// A worker's buffers for [`attend`]: scores, and a tile of keys or a
+/// block of values widened to f32.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    keys: Vec<f32>,
+    values: Vec<f32>,
 }
 
 /// Per query head, the largest scaled score of a range and the sum of
@@ -494,9 +575,14 @@ fn attend(
     start: usize,
     kv: KvHead,
     scale: f32,
-    scores: &mut Vec<f32>,
+    scratch: &mut Scratch,
     outs: &mut [f32],
 ) -> Vec<Partial> {
+    let Scratch {
+        scores,
+        keys,
+        values,
+    } = scratch;
     let head_dim = kv.head_dim;
     let group = members[0].queries.len() / head_dim;
     // Scores are computed for whole tiles from the one holding `start`.
@@ -516,8 +602,11 @@ fn attend(
     scores.clear();
     scores.resize(rows.len() * padded, 0.0);
     let queries = by_dimension(&rows, head_dim);
-    let keys = kv.keys[aligned * head_dim..].chunks_exact(KEY_TILE * head_dim);
-    for (tile, keys) in keys.take(tiles).enumerate() {
+    keys.resize(KEY_TILE * head_dim, 0.0);
+    let stored_tiles = kv.keys.len() / (KEY_TILE * head_dim);
+    for tile in 0..tiles.min(stored_tiles.saturating_sub(aligned / KEY_TILE)) {
+        let at = (aligned + tile * KEY_TILE) * head_dim;
+        let keys = kv.keys.get(at, KEY_TILE * head_dim, keys);
         for (block, queries) in queries.iter().enumerate() {
             let r = block * SCORE_ROWS;
             let scores = &mut scores[r * padded..];
@@ -551,18 +640,31 @@ fn attend(
         .zip(&seen)
         .map(|(s, &seen)| &s[offset..][..seen])
         .collect();
-    let values = &kv.values[start * head_dim..];
     let mut outs: Vec<&mut [f32]> = outs.chunks_exact_mut(head_dim).collect();
-    match head_dim {
-        64 => weighted_sums::<64, 4>(&probabilities, values, &mut outs),
-        128 => weighted_sums::<128, 2>(&probabilities, values, &mut outs),
-        256 => weighted_sums::<256, 1>(&probabilities, values, &mut outs),
-        _ => {
-            for (p, out) in probabilities.iter().zip(outs) {
-                out.fill(0.0);
-                for (&p, value) in p.iter().zip(values.chunks_exact(head_dim)) {
-                    for (o, &v) in out.iter_mut().zip(value) {
-                        *o = p.mul_add(v, *o);
+    outs.iter_mut().for_each(|out| out.fill(0.0));
+    values.resize(VALUE_BLOCK * head_dim, 0.0);
+    let longest = probabilities.iter().map(|p| p.len()).max().unwrap_or(0);
+    // Values widened beforehand are summed in one block.
+    let step = match kv.values {
+        Rows::Wide(_) => longest.max(1),
+        Rows::Half(_) => VALUE_BLOCK,
+    };
+    for first in (0..longest).step_by(step) {
+        let rows = step.min(longest - first);
+        let block = kv
+            .values
+            .get((start + first) * head_dim, rows * head_dim, values);
+        match head_dim {
+            64 => weighted_sums::<64, 4>(&probabilities, first, block, &mut outs),
+            128 => weighted_sums::<128, 2>(&probabilities, first, block, &mut outs),
+            256 => weighted_sums::<256, 1>(&probabilities, first, block, &mut outs),
+            _ => {
+                for (p, out) in probabilities.iter().zip(outs.iter_mut()) {
+                    let p = p.get(first..).unwrap_or_default();
+                    for (&p, value) in p.iter().zip(block.chunks_exact(head_dim)) {
+                        for (o, &v) in out.iter_mut().zip(value) {
+                            *o = p.mul_add(v, *o);
+                        }
                     }
                 }
             }
@@ -611,56 +713,85 @@ fn by_dimension(rows: &[&[f32]], head_dim: usize) -> Vec<Vec<[f32; SCORE_ROWS]>>
         .collect()
 }
 
-/// `out = Σ_j p[j] * values[j]` (rows of `D` values) for every row of
-/// probabilities, up to `N` rows at a time: each value row is read once for
-/// them, and their sums stay in registers. Each row's sum runs over `j` in
-/// order, as alone.
+/// `out += Σ_j p[first + j] * block[j]` (rows of `D` values) for every
+/// row of probabilities, up to `N` rows at a time: each value row of the
+/// block is read once for them, and their sums stay in registers through
+/// the block. Each row's sum runs over `j` in order, as alone.
 #[inline(always)]
 fn weighted_sums<const D: usize, const N: usize>(
     probabilities: &[&[f32]],
-    values: &[f32],
+    first: usize,
+    block: &[f32],
     outs: &mut [&mut [f32]],
 ) {
+    let (block, _) = block.as_chunks::<D>();
     for (probabilities, outs) in probabilities.chunks(N).zip(outs.chunks_mut(N)) {
         // A fixed count of rows (not the chunk's length, known only at run
         // time): with it the sums are registers; without it, each
         // multiply-add loaded and stored its sum.
         match probabilities.len() {
-            1 => rows_sums::<D, 1>(probabilities, values, outs),
-            2 => rows_sums::<D, 2>(probabilities, values, outs),
-            3 => rows_sums::<D, 3>(probabilities, values, outs),
-            _ => rows_sums::<D, N>(probabilities, values, outs),
+            1 => rows_sums::<D, 1>(probabilities, first, block, outs),
+            2 => rows_sums::<D, 2>(probabilities, first, block, outs),
+            3 => rows_sums::<D, 3>(probabilities, first, block, outs),
+            _ => rows_sums::<D, N>(probabilities, first, block, outs),
         }
     }
 }
 
-/// [`weighted_sums`] of exactly `N` rows.
+/// [`weighted_sums`] of exactly `N` rows: the value rows all of them reach
+/// with the `N` rows' sums together, then each row's remaining ones.
 #[inline(always)]
 fn rows_sums<const D: usize, const N: usize>(
     probabilities: &[&[f32]],
-    values: &[f32],
+    first: usize,
+    block: &[[f32; D]],
     outs: &mut [&mut [f32]],
 ) {
-    let probabilities: [&[f32]; N] = std::array::from_fn(|n| probabilities[n]);
-    let common = probabilities.iter().map(|p| p.len()).min().unwrap_or(0);
+    let probabilities: [&[f32]; N] =
+        std::array::from_fn(|n| probabilities[n].get(first..).unwrap_or_default());
+    let common = probabilities
+        .iter()
+        .map(|p| p.len())
+        .min()
+        .unwrap_or(0)
+        .min(block.len());
     let mut sums = [[0.0f32; D]; N];
-    let (values, _) = values.as_chunks::<D>();
-    for (j, value) in values.iter().take(common).enumerate() {
-        for (sum, p) in sums.iter_mut().zip(probabilities) {
-            let p = p[j];
-            for (s, &v) in sum.iter_mut().zip(value) {
-                *s = p.mul_add(v, *s);
-            }
-        }
+    for (sum, out) in sums.iter_mut().zip(outs.iter()) {
+        sum.copy_from_slice(out);
     }
+    accumulate(
+        &mut sums,
+        probabilities.map(|p| &p[..common]),
+        &block[..common],
+    );
     for ((sum, p), out) in sums.iter_mut().zip(probabilities).zip(outs.iter_mut()) {
-        for (&p, value) in p[common..].iter().zip(&values[common..]) {
-            for (s, &v) in sum.iter_mut().zip(value) {
-                *s = p.mul_add(v, *s);
+        let rest = p.len().min(block.len()).max(common);
+        let mut one = [*sum];
+        accumulate(&mut one, [&p[common..rest]], &block[common..rest]);
+        out.copy_from_slice(&one[0]);
+    }
+}
+
+/// `sums[n] += Σ_j p[n][j] * rows[j]`, `j` in order (each `p[n]` as long
+/// as `rows`). The sums are copied into a local and back whole, so that
+/// they stay in registers through the loop: written in place, or beside
+/// other loops over them, the compiler kept them in memory.
+#[inline(always)]
+fn accumulate<const D: usize, const N: usize>(
+    sums: &mut [[f32; D]; N],
+    p: [&[f32]; N],
+    rows: &[[f32; D]],
+) {
+    let mut acc = *sums;
+    for (j, value) in rows.iter().enumerate() {
+        for (acc, p) in acc.iter_mut().zip(p) {
+            let p = p[j];
+            for (a, &v) in acc.iter_mut().zip(value) {
+                *a = p.mul_add(v, *a);
             }
         }
-        out.copy_from_slice(sum);
     }
+    *sums = acc;
 }
 
 #[cfg(test)]
@@ -726,6 +857,133 @@ mod tests {
         // Position 10 with divisor 2 or scale 1/2 is position 5 undivided.
         assert_eq!(rotations(&divided, 10, 1), rotations(&plain, 5, 1));
         assert_eq!(rotations(&scaled, 10, 1), rotations(&plain, 5, 1));
+    }
+
+    fn attention_hparams(head_dim: usize, window: Option<usize>) -> Hparams {
+        Hparams {
+            architecture: "test".into(),
+            wiring: super::super::hparams::Wiring::LLAMA,
+            blocks: 1,
+            hidden: 6 * head_dim,
+            heads: 6,
+            kv_heads: 2,
+            head_dim,
+            feed_forward: 1,
+            vocab: 1,
+            rms_eps: 1e-5,
+            trained_context: None,
+            rope: Rope {
+                style: RopeStyle::Adjacent,
+                dims: head_dim,
+                base: 10_000.0,
+                scale: 1.0,
+                factors: None,
+            },
+            sliding_window: window.map(|window| super::super::hparams::SlidingWindow {
+                window,
+                local: vec![true],
+                rope: None,
+            }),
+            attention_scale: 1.0 / (head_dim as f32).sqrt(),
+        }
+    }
+
+    /// Plain causal attention in f64 over keys and values rounded to f16,
+    /// as the cache holds them: `[tokens][heads * head_dim]`.
+    fn reference_attention(h: &Hparams, qkv: &[f32], window: Option<usize>) -> Vec<f64> {
+        let (qw, kw) = (h.q_width(), h.kv_width());
+        let width = qw + 2 * kw;
+        let t = qkv.len() / width;
+        let half = |v: f32| f64::from(f16::from_f32(v).to_f32());
+        let group = h.heads / h.kv_heads;
+        let mut out = vec![0.0; t * qw];
+        for i in 0..t {
+            let first = window.map_or(0, |w| (i + 1).saturating_sub(w));
+            for head in 0..h.heads {
+                let kv = head / group;
+                let q = &qkv[i * width + head * h.head_dim..][..h.head_dim];
+                let scores: Vec<f64> = (first..=i)
+                    .map(|j| {
+                        let k = &qkv[j * width + qw + kv * h.head_dim..][..h.head_dim];
+                        let dot: f64 = q.iter().zip(k).map(|(&q, &k)| f64::from(q) * half(k)).sum();
+                        dot * f64::from(h.attention_scale)
+                    })
+                    .collect();
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let total: f64 = weights.iter().sum();
+                let o = &mut out[i * qw + head * h.head_dim..][..h.head_dim];
+                for (j, w) in (first..=i).zip(&weights) {
+                    let v = &qkv[j * width + qw + kw + kv * h.head_dim..][..h.head_dim];
+                    for (o, &v) in o.iter_mut().zip(v) {
+                        *o += w / total * half(v);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// A prompt attended in one chunk (its cache widened once for all
+        /// jobs) gives each token exactly the bits it gets attended alone,
+        /// as a decode step (widened a tile at a time), and both are the
+        /// attention over the f16-rounded keys and values.
+        #[test]
+        fn attention_over_the_f16_cache_is_exact_and_chunk_invariant(
+            head_dim in proptest::sample::select(vec![32usize, 64, 128]),
+            tokens in 1usize..300,
+            window in proptest::option::of(8usize..80),
+            seed in 0u32..1000,
+        ) {
+            let h = attention_hparams(head_dim, window);
+            let width = h.q_width() + 2 * h.kv_width();
+            let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+            let qkv: Vec<f32> = (0..tokens * width)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    (state as f32 / u32::MAX as f32) * 4.0 - 2.0
+                })
+                .collect();
+            let context = 512;
+            let split = |qkv: &[f32]| -> Vec<f32> {
+                qkv.chunks_exact(width).flat_map(|t| t[h.q_width()..].to_vec()).collect()
+            };
+            let kv = split(&qkv);
+            // One chunk.
+            let mut chunked = LayerCache::new(&h, context, window, tokens);
+            for (i, kv) in kv.chunks_exact(2 * h.kv_width()).enumerate() {
+                chunked.store(head_dim, i, kv);
+            }
+            let mut whole = vec![0.0; tokens * h.q_width()];
+            chunked.attend(&h, &qkv, 0, &mut whole);
+            // Token by token.
+            let mut stepped = LayerCache::new(&h, context, window, tokens);
+            let mut alone = vec![0.0; tokens * h.q_width()];
+            for (i, (token, out)) in qkv
+                .chunks_exact(width)
+                .zip(alone.chunks_exact_mut(h.q_width()))
+                .enumerate()
+            {
+                stepped.store(head_dim, i, &token[h.q_width()..]);
+                stepped.attend(&h, token, i, out);
+            }
+            proptest::prop_assert_eq!(
+                whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                alone.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
+            let reference = reference_attention(&h, &qkv, window);
+            for (k, (&got, &want)) in whole.iter().zip(&reference).enumerate() {
+                proptest::prop_assert!(
+                    (f64::from(got) - want).abs() < 1e-4,
+                    "value {k}: {got} against {want}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -48,6 +48,8 @@ mod x86;
 
 use std::sync::OnceLock;
 
+#[cfg(target_arch = "x86_64")]
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -616,6 +618,49 @@ pub(crate) fn vectorized<R>(f: impl FnOnce() -> R) -> R {
         Tier::Portable => {}
     }
     f()
+}
+
+/// Whether the selected tier is one above the portable one (each of which
+/// has F16C), read once: the f16 conversions ask on every call.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn f16c() -> bool {
+    static F16C: OnceLock<bool> = OnceLock::new();
+    *F16C.get_or_init(|| Tier::selected().is_ok_and(|tier| tier != Tier::Portable))
+}
+
+/// `dst[i] = src[i]` as f32 (exact), with F16C's conversion on every x86
+/// tier but the portable one. The KV cache is read through this.
+#[inline(always)]
+pub(crate) fn widen_f16(src: &[f16], dst: &mut [f32]) {
+    debug_assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if f16c() {
+        #[allow(unsafe_code)]
+        // SAFETY: `f16c` is true only where `Tier::supported` found AVX2,
+        // FMA and F16C, all this needs.
+        return unsafe { x86::widen_f16(HalfFloatSliceExt::reinterpret_cast(src), dst) };
+    }
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = s.to_f32();
+    }
+}
+
+/// `dst[i] = src[i]` rounded to the nearest f16, ties to even (what
+/// `f16::from_f32` gives), with F16C's conversion as [`widen_f16`] has it.
+/// The KV cache is written through this.
+#[inline(always)]
+pub(crate) fn narrow_f16(src: &[f32], dst: &mut [f16]) {
+    debug_assert_eq!(src.len(), dst.len());
+    #[cfg(target_arch = "x86_64")]
+    if f16c() {
+        #[allow(unsafe_code)]
+        // SAFETY: as in `widen_f16`.
+        return unsafe { x86::narrow_f16(src, HalfFloatSliceExt::reinterpret_cast_mut(dst)) };
+    }
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = f16::from_f32(s);
+    }
 }
 
 fn size_error(

@@ -474,3 +474,67 @@ proptest! {
         prop_assert_eq!(got.rounded_sum.to_bits(), want.rounded_sum.to_bits());
     }
 }
+
+/// The bits a float has, with every NaN as one (conversions may differ in
+/// a NaN's payload, never in whether it is one).
+fn float_bits(v: f32) -> u32 {
+    if v.is_nan() {
+        f32::NAN.to_bits()
+    } else {
+        v.to_bits()
+    }
+}
+
+#[test]
+fn every_f16_widens_exactly_and_narrows_back() {
+    let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
+    // Lengths that leave every tail after whole vectors of 8 and 16.
+    for len in [all.len(), all.len() - 1, all.len() - 7, 5, 0] {
+        let mut wide = vec![0.0f32; len];
+        widen_f16(&all[..len], &mut wide);
+        for (h, &w) in all.iter().zip(&wide) {
+            assert_eq!(
+                float_bits(w),
+                float_bits(h.to_f32()),
+                "{:#06x}",
+                h.to_bits()
+            );
+        }
+        let mut back = vec![f16::ZERO; len];
+        narrow_f16(&wide, &mut back);
+        for (h, b) in all.iter().zip(&back) {
+            if h.is_nan() {
+                assert!(b.is_nan(), "{:#06x}", h.to_bits());
+            } else {
+                assert_eq!(b.to_bits(), h.to_bits());
+            }
+        }
+    }
+}
+
+proptest! {
+    /// Narrowing rounds any float as `f16::from_f32` does (to nearest, ties
+    /// to even; overflow to infinity, underflow through the denormals).
+    #[test]
+    fn narrowing_rounds_as_from_f32(
+        values in proptest::collection::vec(
+            prop_oneof![
+                4 => -70_000.0f32..70_000.0,
+                2 => -1e-4f32..1e-4,
+                1 => any_activation(),
+                // Exactly halfway between two f16s: ties go to the even one.
+                1 => (0u16..0x7bff).prop_map(|h| {
+                    let (a, b) = (f16::from_bits(h).to_f32(), f16::from_bits(h + 1).to_f32());
+                    (a + b) / 2.0
+                }),
+            ],
+            0..40,
+        ),
+    ) {
+        let mut narrow = vec![f16::ZERO; values.len()];
+        narrow_f16(&values, &mut narrow);
+        for (&v, n) in values.iter().zip(&narrow) {
+            prop_assert_eq!(float_bits(n.to_f32()), float_bits(f16::from_f32(v).to_f32()), "{}", v);
+        }
+    }
+}

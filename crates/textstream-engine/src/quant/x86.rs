@@ -540,6 +540,37 @@ fn dot_vnni_256(w: __m256i, x: __m256i, _eight: bool) -> __m256i {
     _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
 }
 
+/// `dst[i] = src[i]` (f16 bits) as f32, exactly: 8 at a time with F16C's
+/// `vcvtph2ps`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn widen_f16(src: &[u16], dst: &mut [f32]) {
+    let (halves, rest) = src.as_chunks::<8>();
+    let (outs, out_rest) = dst.as_chunks_mut::<8>();
+    for (h, o) in halves.iter().zip(outs) {
+        *o = bytemuck::cast(_mm256_cvtph_ps(bytemuck::cast(*h)));
+    }
+    for (&h, o) in rest.iter().zip(out_rest) {
+        *o = half::f16::from_bits(h).to_f32();
+    }
+}
+
+/// `dst[i] = src[i]` rounded to the nearest f16 (ties to even), as bits: 8
+/// at a time with F16C's `vcvtps2ph`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn narrow_f16(src: &[f32], dst: &mut [u16]) {
+    let (floats, rest) = src.as_chunks::<8>();
+    let (outs, out_rest) = dst.as_chunks_mut::<8>();
+    for (f, o) in floats.iter().zip(outs) {
+        let x: __m256 = bytemuck::cast(*f);
+        *o = bytemuck::cast(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
+    }
+    for (&f, o) in rest.iter().zip(out_rest) {
+        *o = half::f16::from_f32(f).to_bits();
+    }
+}
+
 /// Runs `f` with AVX-512 enabled (see `quant::vectorized`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub(super) fn with_avx512<R>(f: impl FnOnce() -> R) -> R {

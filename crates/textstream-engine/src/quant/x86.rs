@@ -423,8 +423,10 @@ macro_rules! kernel_256 {
                 _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3),
             ];
             let mut out = [[0.0; T]; R];
-            // Rows one after the other, as in `dot_avx512`.
+            // Rows one after the other, prefetched as far ahead, as in
+            // `dot_avx512`.
             let pair_bytes = layout.pair_bytes();
+            let ahead = PREFETCH_GROUPS * R * row_bytes;
             for (r, out) in out.iter_mut().enumerate() {
                 let row = &w[r * row_bytes..][..row_bytes];
                 let mut acc = [_mm256_setzero_ps(); T];
@@ -433,6 +435,9 @@ macro_rules! kernel_256 {
                     let header = header::<F>(&row[pair_at::<F>(s, 0) - layout.header..]);
                     for (p, i) in (i..i + layout.pairs).enumerate() {
                         let pair = &row[pair_at::<F>(s, p)..][..pair_bytes];
+                        let future = pair.as_ptr().wrapping_add(ahead);
+                        _mm_prefetch::<_MM_HINT_T0>(future.cast());
+                        _mm_prefetch::<_MM_HINT_T0>(future.wrapping_add(pair_bytes - 1).cast());
                         let (a, b) = scales::<F>(&pair[layout.planes_bytes()..], header);
                         let a = _mm256_castps128_ps256(a);
                         for h in 0..2 {

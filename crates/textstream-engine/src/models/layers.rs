@@ -987,6 +987,28 @@ mod tests {
     }
 
     #[test]
+    fn keys_beyond_the_f16_range_saturate_instead_of_turning_attention_nan() {
+        let h = attention_hparams(64, None);
+        let width = h.q_width() + 2 * h.kv_width();
+        let mut cache = LayerCache::new(&h, 64, None, 2);
+        let mut qkv = vec![0.0f32; 2 * width];
+        for (i, token) in qkv.chunks_exact_mut(width).enumerate() {
+            token[..h.q_width()].fill(1.0);
+            // Keys of 1e6 (an f16 infinity) and -1e6; values 0.5 and 2.
+            let sign = if i == 0 { 1.0 } else { -1.0 };
+            token[h.q_width()..][..h.kv_width()].fill(sign * 1e6);
+            token[h.q_width() + h.kv_width()..].fill(if i == 0 { 0.5 } else { 2.0 });
+            cache.store(h.head_dim, i, &token[h.q_width()..]);
+        }
+        let mut out = vec![0.0; 2 * h.q_width()];
+        cache.attend(&h, &qkv, 0, &mut out);
+        // The second token's query scores +65,504 * 64 * scale against the
+        // first key and far below against its own: all weight on value 0.5.
+        assert!(out.iter().all(|v| v.is_finite()), "{out:?}");
+        assert!(out.iter().all(|&v| v == 0.5), "{out:?}");
+    }
+
+    #[test]
     fn ring_slots_cover_the_window() {
         let cache = LayerCache {
             keys: Vec::new(),

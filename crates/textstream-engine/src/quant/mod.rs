@@ -646,9 +646,14 @@ pub(crate) fn widen_f16(src: &[f16], dst: &mut [f32]) {
     }
 }
 
+/// The largest finite f16, where [`narrow_f16`] saturates.
+pub(crate) const F16_MAX: f32 = 65_504.0;
+
 /// `dst[i] = src[i]` rounded to the nearest f16, ties to even (what
-/// `f16::from_f32` gives), with F16C's conversion as [`widen_f16`] has it.
-/// The KV cache is written through this.
+/// `f16::from_f32` gives), saturating at ±[`F16_MAX`] rather than becoming
+/// infinite (a key past it would make attention's scores NaN); NaN stays
+/// NaN. With F16C's conversion as [`widen_f16`] has it. The KV cache is
+/// written through this.
 #[inline(always)]
 pub(crate) fn narrow_f16(src: &[f32], dst: &mut [f16]) {
     debug_assert_eq!(src.len(), dst.len());
@@ -659,7 +664,7 @@ pub(crate) fn narrow_f16(src: &[f32], dst: &mut [f16]) {
         return unsafe { x86::narrow_f16(src, HalfFloatSliceExt::reinterpret_cast_mut(dst)) };
     }
     for (d, &s) in dst.iter_mut().zip(src) {
-        *d = f16::from_f32(s);
+        *d = f16::from_f32(s.clamp(-F16_MAX, F16_MAX));
     }
 }
 

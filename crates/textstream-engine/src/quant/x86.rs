@@ -10,7 +10,7 @@
 use std::arch::x86_64::*;
 
 use super::layout::{QuantType, Scales, LANES, PAIR};
-use super::Pairs;
+use super::{Pairs, F16_MAX};
 
 /// How far ahead the AVX-512 kernel prefetches weights, in calls' worth of
 /// rows (2: measured best of 1, 2 and 4 by `benches/kernels.rs`).
@@ -560,19 +560,22 @@ pub(super) fn widen_f16(src: &[u16], dst: &mut [f32]) {
     }
 }
 
-/// `dst[i] = src[i]` rounded to the nearest f16 (ties to even), as bits: 8
-/// at a time with F16C's `vcvtps2ph`.
+/// `dst[i] = src[i]` rounded to the nearest f16 (ties to even), as bits,
+/// saturating at the largest finite f16 (NaN stays NaN): 8 at a time with
+/// F16C's `vcvtps2ph`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 pub(super) fn narrow_f16(src: &[f32], dst: &mut [u16]) {
     let (floats, rest) = src.as_chunks::<8>();
     let (outs, out_rest) = dst.as_chunks_mut::<8>();
+    let (high, low) = (_mm256_set1_ps(F16_MAX), _mm256_set1_ps(-F16_MAX));
     for (f, o) in floats.iter().zip(outs) {
-        let x: __m256 = bytemuck::cast(*f);
+        // `min`/`max` return their second operand when either is NaN.
+        let x = _mm256_max_ps(low, _mm256_min_ps(high, bytemuck::cast(*f)));
         *o = bytemuck::cast(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
     }
     for (&f, o) in rest.iter().zip(out_rest) {
-        *o = half::f16::from_f32(f).to_bits();
+        *o = half::f16::from_f32(f.clamp(-F16_MAX, F16_MAX)).to_bits();
     }
 }
 

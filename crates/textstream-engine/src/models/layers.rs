@@ -315,9 +315,9 @@ impl LayerCache {
         // A prompt chunk's jobs read each key and value many times (once
         // per block of queries): widened once here, not by every job.
         // Widening is exact, so the jobs' arithmetic is the same either way.
-        let stored: usize = self.keys.iter().chain(&self.values).map(Vec::len).sum();
+        // f32 takes twice the bytes the f16 cache holds.
         let wide: Vec<(Vec<f32>, Vec<f32>)> =
-            if t > 1 && stored * std::mem::size_of::<f32>() <= WIDE_CACHE_LIMIT {
+            if t > 1 && 2 * self.held_bytes() <= WIDE_CACHE_LIMIT as u64 {
                 self.keys
                     .par_iter()
                     .zip(&self.values)
@@ -343,17 +343,17 @@ impl LayerCache {
                         end: pieces[p].end,
                     })
                     .collect();
-                let span = match wide.get(first.kv_head) {
-                    Some((keys, values)) => KvHead {
-                        keys: Rows::Wide(keys),
-                        values: Rows::Wide(values),
-                        head_dim: h.head_dim,
-                    },
-                    None => KvHead {
-                        keys: Rows::Half(&self.keys[first.kv_head]),
-                        values: Rows::Half(&self.values[first.kv_head]),
-                        head_dim: h.head_dim,
-                    },
+                let (keys, values) = match wide.get(first.kv_head) {
+                    Some((keys, values)) => (Rows::Wide(keys), Rows::Wide(values)),
+                    None => (
+                        Rows::Half(&self.keys[first.kv_head]),
+                        Rows::Half(&self.values[first.kv_head]),
+                    ),
+                };
+                let span = KvHead {
+                    keys,
+                    values,
+                    head_dim: h.head_dim,
                 };
                 let mut outs = vec![0.0; job.len() * group_width];
                 let partials = vectorized(

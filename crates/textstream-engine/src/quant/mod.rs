@@ -80,6 +80,11 @@ const LANE_TOKENS_PER_TASK: usize = 8;
 /// Weights one task of a several-token product reads, about: its rows stay
 /// in the core's cache while the task's tokens go by.
 const TILE_BYTES: usize = 16 << 10;
+/// Tasks per thread of a product whose tokens take one pass of the lane
+/// kernel (a decode step of up to [`LANE_TOKENS_PER_TASK`] sequences): each
+/// lane block is read once whatever the tiles, so tiles only share the work
+/// out, and fewer of them cost less to hand out.
+const LANE_TASKS_PER_THREAD: usize = 8;
 /// Tokens one task of a several-token product takes: their rounded
 /// activations (160 bytes per 64 values) stay in the core's cache too.
 const TOKEN_BLOCK: usize = 64;
@@ -556,47 +561,57 @@ impl Matrix {
     /// weights, which stay in cache) against blocks of up to [`TOKEN_BLOCK`]
     /// tokens, each pair of weights unpacked once for [`TOKENS_PER_TASK`] (or [`LANE_TOKENS_PER_TASK`])
     /// tokens. Splitting rows, not only tokens, reads the weights once per
-    /// block of tokens and keeps both cores busy from two tokens up.
+    /// block of tokens and keeps both cores busy from two tokens up. Each
+    /// task writes its results in place in `out` (no tile to copy after).
     fn tiled(&self, tokens: usize, x: &[f32], out: &mut [f32], act: &Activations) {
-        // (segment, its first row, rows, the matrix's row)
+        // (segment, its first row, rows): in order, they cover the matrix.
         let mut tiles = Vec::new();
-        let mut row = 0;
+        let tasks = rayon::current_num_threads() * LANE_TASKS_PER_THREAD;
         for segment in &self.segments {
             let mut per_tile = (TILE_BYTES / segment.row_bytes(self.cols).max(1))
                 .clamp(PROMPT_ROWS_AT_ONCE, ROWS_PER_TASK);
             if segment.lanes() {
                 // Whole lane blocks.
                 per_tile = per_tile.max(LANES) / LANES * LANES;
+                if tokens <= LANE_TOKENS_PER_TASK {
+                    per_tile = per_tile.max(segment.rows.div_ceil(tasks).next_multiple_of(LANES));
+                }
             }
             for first in (0..segment.rows).step_by(per_tile) {
-                let n = per_tile.min(segment.rows - first);
-                tiles.push((segment, first, n, row + first));
+                tiles.push((segment, first, per_tile.min(segment.rows - first)));
             }
-            row += segment.rows;
         }
-        let blocks = tokens.div_ceil(TOKEN_BLOCK);
-        let results: Vec<Vec<f32>> = (0..blocks * tiles.len())
+        // Each token's row of `out` cut at the tiles' edges, grouped by task
+        // (a block of tokens against a tile, block by block), so each task
+        // writes its results in place.
+        let mut pieces: Vec<&mut [f32]> = Vec::with_capacity(tokens * tiles.len());
+        for block in out.chunks_mut(TOKEN_BLOCK * self.rows) {
+            let mut rows: Vec<&mut [f32]> = block.chunks_exact_mut(self.rows).collect();
+            for &(_, _, n) in &tiles {
+                for row in &mut rows {
+                    let (piece, rest) = std::mem::take(row).split_at_mut(n);
+                    pieces.push(piece);
+                    *row = rest;
+                }
+            }
+        }
+        let mut tasks = Vec::with_capacity(tokens.div_ceil(TOKEN_BLOCK) * tiles.len());
+        let mut rest = &mut pieces[..];
+        for first in (0..tokens).step_by(TOKEN_BLOCK) {
+            let count = TOKEN_BLOCK.min(tokens - first);
+            for &tile in &tiles {
+                let (outs, tail) = std::mem::take(&mut rest).split_at_mut(count);
+                tasks.push((tile, first, outs));
+                rest = tail;
+            }
+        }
+        tasks
             .into_par_iter()
-            .map(|task| {
-                let (segment, first_row, n, _) = tiles[task % tiles.len()];
-                let first = task / tiles.len() * TOKEN_BLOCK;
-                let count = TOKEN_BLOCK.min(tokens - first);
-                let mut tile = vec![0.0; count * n];
+            .for_each(|((segment, first_row, n), first, outs)| {
                 vectorized(
                     #[inline(always)]
-                    || segment.tile_dot(self, first_row, n, first, &mut tile, x, act),
-                );
-                tile
-            })
-            .collect();
-        out.par_chunks_mut(self.rows)
-            .enumerate()
-            .for_each(|(t, out)| {
-                let (block, k) = (t / TOKEN_BLOCK, t % TOKEN_BLOCK);
-                for (i, &(_, _, n, row)) in tiles.iter().enumerate() {
-                    let tile = &results[block * tiles.len() + i];
-                    out[row..row + n].copy_from_slice(&tile[k * n..][..n]);
-                }
+                    || segment.tile_dot(self, first_row, n, first, outs, x, act),
+                )
             });
     }
 }
@@ -790,19 +805,19 @@ fn lane_kernel<const F: u8, const T: usize>(
 }
 
 /// Every one of `rows` rows (whole lane blocks) of `w` against `T` tokens:
-/// `out[k * rows + r]` for token `k`, row `r`.
+/// `out[k][r]` for token `k`, row `r`.
 fn lane_rows<const F: u8, const T: usize>(
     tier: Tier,
     w: &[u8],
     row_bytes: usize,
     rows: usize,
     xs: &[Pairs; T],
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
 ) {
     for first in (0..rows).step_by(LANES) {
         let dots = lane_kernel::<F, T>(tier, &w[first * row_bytes..], row_bytes, xs);
-        for (k, dots) in dots.iter().enumerate() {
-            out[k * rows + first..][..LANES].copy_from_slice(dots);
+        for (out, dots) in out.iter_mut().zip(&dots) {
+            out[first..][..LANES].copy_from_slice(dots);
         }
     }
 }
@@ -850,7 +865,7 @@ impl Segment {
                 match lanes {
                     true => with_type!(
                         *kind,
-                        lane_rows::<F, 1>(m.tier, w, *row_bytes, rows, &xs, out)
+                        lane_rows::<F, 1>(m.tier, w, *row_bytes, rows, &xs, &mut [out])
                     ),
                     false => with_type!(*kind, quant_rows::<F>(m.tier, w, *row_bytes, out, &xs)),
                 }
@@ -879,7 +894,7 @@ impl Segment {
     }
 
     /// Rows `first_row..first_row + n` of this segment against the tokens
-    /// from `first`: `tile` is `[token][row]`, `n` outputs per token.
+    /// from `first`: `outs` holds each token's `n` outputs.
     #[allow(clippy::too_many_arguments)]
     fn tile_dot(
         &self,
@@ -887,7 +902,7 @@ impl Segment {
         first_row: usize,
         n: usize,
         first: usize,
-        tile: &mut [f32],
+        outs: &mut [&mut [f32]],
         x: &[f32],
         act: &Activations,
     ) {
@@ -900,7 +915,7 @@ impl Segment {
                 lanes,
             } => {
                 let w = &bytes[first_row * row_bytes..][..n * row_bytes];
-                let count = tile.len() / n;
+                let count = outs.len();
                 let tier = m.tier;
                 let row_bytes = *row_bytes;
                 // Tokens by eights on lane blocks, by fours, then a pair,
@@ -909,7 +924,7 @@ impl Segment {
                 macro_rules! tokens {
                     ($rows:ident, $t:expr) => {{
                         let xs: [Pairs; $t] = std::array::from_fn(|k| act.token(first + t + k));
-                        let out = &mut tile[t * n..][..$t * n];
+                        let out = &mut outs[t..t + $t];
                         with_type!(*kind, $rows::<F, $t>(tier, w, row_bytes, n, &xs, out));
                         t += $t;
                     }};
@@ -934,7 +949,7 @@ impl Segment {
                         true => tokens!(lane_rows, 1),
                         false => {
                             let xs = [act.token(first + t)];
-                            let out = &mut tile[t * n..][..n];
+                            let out = &mut *outs[t];
                             with_type!(*kind, quant_rows::<F>(tier, w, row_bytes, out, &xs));
                             t += 1;
                         }
@@ -943,7 +958,7 @@ impl Segment {
                 debug_assert_eq!(t, count, "every token of the tile");
             }
             _ => {
-                for (t, out) in tile.chunks_exact_mut(n).enumerate() {
+                for (t, out) in outs.iter_mut().enumerate() {
                     let x = &x[(first + t) * cols..][..cols];
                     self.float_dot(first_row, cols, out, x);
                 }
@@ -977,19 +992,19 @@ fn quant_rows<const F: u8>(
 }
 
 /// Every one of `rows` rows of `w` against `T` tokens, each pair of weights
-/// unpacked once for all of them: `out[k * rows + r]` for token `k`, row `r`.
+/// unpacked once for all of them: `out[k][r]` for token `k`, row `r`.
 fn quant_tokens<const F: u8, const T: usize>(
     tier: Tier,
     w: &[u8],
     row_bytes: usize,
     rows: usize,
     xs: &[Pairs; T],
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
 ) {
     let whole = rows - rows % PROMPT_ROWS_AT_ONCE;
     let mut write = |r: usize, dots: [f32; T]| {
-        for (k, dot) in dots.into_iter().enumerate() {
-            out[k * rows + r] = dot;
+        for (out, dot) in out.iter_mut().zip(dots) {
+            out[r] = dot;
         }
     };
     for r in (0..whole).step_by(PROMPT_ROWS_AT_ONCE) {

@@ -268,7 +268,15 @@ impl LayerCache {
     /// same slot run as one job, so that each key and value read serves all
     /// their query heads (a prompt of 1,024 tokens read every key once per
     /// token and head); each query's own arithmetic is unchanged by it.
-    pub fn attend(&self, h: &Hparams, qkv: &[f32], pos: usize, out: &mut [f32]) {
+    ///
+    /// With `split` false the jobs run one after another on the calling
+    /// thread: for a decode step among many sequences, which already keep
+    /// every core busy (handing its three or so small jobs to other threads
+    /// cost more than they take). The arithmetic is the same either way.
+    pub fn attend(&self, h: &Hparams, qkv: &[f32], pos: usize, out: &mut [f32], split: bool) {
+        // Rayon runs a parallel iterator no longer than its minimum length
+        // on the calling thread.
+        let min_len = if split { 1 } else { usize::MAX };
         let qkv_width = h.q_width() + 2 * h.kv_width();
         let t = qkv.len() / qkv_width;
         let group_width = h.q_width() / h.kv_heads;
@@ -333,6 +341,7 @@ impl LayerCache {
             };
         let done: Vec<(Vec<Partial>, Vec<f32>)> = jobs
             .par_iter()
+            .with_min_len(min_len)
             .map_init(Scratch::default, |scratch, job| {
                 let first = &pieces[job[0]];
                 let members: Vec<Member> = job
@@ -374,6 +383,7 @@ impl LayerCache {
             .collect();
         out.par_chunks_mut(group_width)
             .zip(groups.par_iter())
+            .with_min_len(min_len)
             .for_each(|(out, range)| {
                 let parts = range.clone().map(|p| {
                     let (job, k) = located[p];
@@ -960,8 +970,8 @@ mod tests {
                 chunked.store(head_dim, i, kv);
             }
             let mut whole = vec![0.0; tokens * h.q_width()];
-            chunked.attend(&h, &qkv, 0, &mut whole);
-            // Token by token.
+            chunked.attend(&h, &qkv, 0, &mut whole, true);
+            // Token by token, every other one with its jobs unsplit.
             let mut stepped = LayerCache::new(&h, context, window, tokens);
             let mut alone = vec![0.0; tokens * h.q_width()];
             for (i, (token, out)) in qkv
@@ -970,7 +980,7 @@ mod tests {
                 .enumerate()
             {
                 stepped.store(head_dim, i, &token[h.q_width()..]);
-                stepped.attend(&h, token, i, out);
+                stepped.attend(&h, token, i, out, i % 2 == 0);
             }
             proptest::prop_assert_eq!(
                 whole.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -1001,7 +1011,7 @@ mod tests {
             cache.store(h.head_dim, i, &token[h.q_width()..]);
         }
         let mut out = vec![0.0; 2 * h.q_width()];
-        cache.attend(&h, &qkv, 0, &mut out);
+        cache.attend(&h, &qkv, 0, &mut out, true);
         // The second token's query scores +65,504 * 64 * scale against the
         // first key and far below against its own: all weight on value 0.5.
         assert!(out.iter().all(|v| v.is_finite()), "{out:?}");

@@ -743,6 +743,17 @@ impl Transformer {
             step.cache.tokens.truncate(step.pos);
             step.cache.tokens.extend_from_slice(step.ids);
         }
+        // A step's attention is split into parallel jobs when it is more
+        // than a thread's share of the batch's (a prompt chunk, a long
+        // context, a sequence alone); the decode steps of a batch of many
+        // already keep every thread busy, one sequence each.
+        let work: Vec<usize> = steps
+            .iter()
+            .map(|s| s.ids.len() * (s.pos + s.ids.len()))
+            .collect();
+        let total: usize = work.iter().sum();
+        let threads = rayon::current_num_threads();
+        let split: Vec<bool> = work.iter().map(|&w| w * threads > total).collect();
         // The matrix products' scratch space is the first step's.
         let mut acts = std::mem::take(&mut steps[0].cache.activations);
         for (i, block) in self.blocks.iter().enumerate() {
@@ -762,9 +773,9 @@ impl Transformer {
             let rows = split_rows(&mut b.qkv, &spans, qkv_width)
                 .into_iter()
                 .zip(split_rows(&mut b.attn, &spans, q_width));
-            let work: Vec<_> = steps.iter_mut().zip(&spans).zip(rows).collect();
+            let work: Vec<_> = steps.iter_mut().zip(&spans).zip(&split).zip(rows).collect();
             work.into_par_iter()
-                .for_each(|((step, span), (qkv, attn))| {
+                .for_each(|(((step, span), &split), (qkv, attn))| {
                     let layer = &mut step.cache.layers[i];
                     let rotation = &rotation[span.start * h.rope.dims..span.end * h.rope.dims];
                     vectorized(
@@ -790,7 +801,7 @@ impl Transformer {
                             }
                         },
                     );
-                    layer.attend(h, qkv, step.pos, attn);
+                    layer.attend(h, qkv, step.pos, attn, split);
                 });
             block.output.matmul(&b.attn, &mut b.projected, &mut acts);
             vectorized(

@@ -45,6 +45,38 @@ pub(crate) fn integer_bits(r: f32) -> i32 {
     ((r + MAGIC).to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32)
 }
 
+/// `x` rounded to the nearest f16 (ties to even), as f32: what
+/// `f16::from_f32(x).to_f32()` gives, inlined (through `half` it was a call
+/// and a CPU check per value, 2 % of a batch of decode steps).
+#[inline(always)]
+pub(crate) fn round_to_f16(x: f32) -> f32 {
+    /// The smallest normal f16, 2^-14.
+    const MIN_NORMAL: f32 = 6.103_515_6e-5;
+    /// The largest finite f16.
+    const MAX: f32 = 65_504.0;
+    let magnitude = x.abs();
+    if x.is_nan() {
+        return x;
+    }
+    let rounded = if magnitude < MIN_NORMAL {
+        // Multiples of 2^-24: in [0.5, 0.5 + 2^-14) an f32's last place is
+        // 2^-24, so the addition rounds (ties to even) and the subtraction is exact.
+        (magnitude + 0.5) - 0.5
+    } else {
+        // Keep 10 of the 23 mantissa bits, ties to even (a carry moves into
+        // the exponent, as it should).
+        let bits = magnitude.to_bits();
+        let kept = (bits + 0x0FFF + ((bits >> 13) & 1)) & !0x1FFF;
+        let r = f32::from_bits(kept);
+        if r > MAX {
+            f32::INFINITY
+        } else {
+            r
+        }
+    };
+    rounded.copysign(x)
+}
+
 /// The largest value (NaNs passed over, as `f32::max` does; -∞ for none),
 /// in 16 lanes: the same value as a fold, which runs one compare at a time.
 #[inline(always)]
@@ -103,6 +135,68 @@ mod tests {
         ) {
             let fold = values.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
             proptest::prop_assert_eq!(max_f32(&values).to_bits(), fold.to_bits());
+        }
+    }
+
+    /// `round_to_f16` against `half` at every f16, the f32s on either side
+    /// of it and of each halfway point between neighbours (where ties to
+    /// even decide), and around the overflow threshold.
+    #[test]
+    fn rounding_to_f16_matches_half_at_every_edge() {
+        let check = |x: f32| {
+            let want = half::f16::from_f32(x).to_f32();
+            let got = round_to_f16(x);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{x:e} ({:#x}): {got:e} vs {want:e}",
+                x.to_bits()
+            );
+        };
+        let near = |x: f32| {
+            [
+                x,
+                f32::from_bits(x.to_bits().wrapping_sub(1)),
+                f32::from_bits(x.to_bits() + 1),
+            ]
+        };
+        for bits in 0..=u16::MAX {
+            let v = half::f16::from_bits(bits).to_f32();
+            let next = half::f16::from_bits(bits.wrapping_add(1)).to_f32();
+            for x in near(v) {
+                check(x);
+            }
+            if v.is_finite() && next.is_finite() && v.signum() == next.signum() {
+                for x in near((f64::from(v) + f64::from(next)) as f32 / 2.0 + 0.0) {
+                    check(x);
+                }
+                check(((f64::from(v) + f64::from(next)) / 2.0) as f32);
+            }
+        }
+        for x in [
+            65_519.0,
+            65_520.0,
+            65_521.0,
+            1e6,
+            f32::MAX,
+            f32::INFINITY,
+            f32::MIN_POSITIVE,
+            1e-30,
+            0.0,
+            -0.0,
+            f32::NAN,
+        ] {
+            for x in near(x).into_iter().chain(near(-x)) {
+                check(x);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rounding_to_f16_matches_half(bits in proptest::num::u32::ANY) {
+            let x = f32::from_bits(bits);
+            let (got, want) = (round_to_f16(x), half::f16::from_f32(x).to_f32());
+            proptest::prop_assert!(got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()));
         }
     }
 

@@ -48,6 +48,7 @@ mod x86;
 
 use std::sync::OnceLock;
 
+use crate::math::{integer_bits, round_to_f16};
 #[cfg(target_arch = "x86_64")]
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
@@ -1197,18 +1198,19 @@ fn quantize_block(block: &[f32], lanes: &mut [u8]) -> RoundedBlock {
         } else {
             r.clamp(-128.0, 127.0)
         };
-        *q = crate::math::integer_bits(r);
+        *q = integer_bits(r);
     }
     for (lane, &q) in lanes.iter_mut().zip(&q) {
         *lane = q as i8 as u8;
     }
     let half = |h: usize| q[h * BLOCK / 2..][..BLOCK / 2].iter().sum::<i32>();
     let sums = [half(0), half(1)];
-    let scale = f16::from_f32(scale).to_f32();
+    let scale = round_to_f16(scale);
     RoundedBlock {
         scale,
         exact_sums: sums.map(|s| scale * s as f32),
-        rounded_sum: (f16::from_f32((sums[0] + sums[1]) as f32) * f16::from_f32(scale)).to_f32(),
+        // An f16 product, as `half` multiplies: in f32, then rounded.
+        rounded_sum: round_to_f16(round_to_f16((sums[0] + sums[1]) as f32) * scale),
     }
 }
 

@@ -851,6 +851,11 @@ impl Transformer {
         let output = self.output.as_ref().unwrap_or(&self.embedding);
         let mut logits = vec![0.0; last.len() / h.hidden * output.rows()];
         output.matmul(&normed, &mut logits, acts);
+        if logits.len() == output.rows() {
+            // One sequence: its logits as they are (a copy was 1 MB a token
+            // for Gemma 3's vocabulary).
+            return vec![logits];
+        }
         logits
             .chunks_exact(output.rows())
             .map(<[f32]>::to_vec)

@@ -18,8 +18,8 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::hparams::{Activation, Hparams, Rope, RopeStyle, MAX_GROUP};
-use crate::math::{exp_in_place, fast_exp, max_f32};
-use crate::quant::{dot_f32, narrow_f16, vectorized, widen_f16};
+use crate::math::{exp_sum_in_place, fast_exp, max_f32};
+use crate::quant::{dot_f32, narrow_f16, prefetch, vectorized, widen_f16};
 
 /// Key positions per tile of the key cache (16 f32 lanes: one AVX-512 register).
 pub const KEY_TILE: usize = 16;
@@ -37,6 +37,10 @@ const WIDE_CACHE_LIMIT: usize = 64 << 20;
 /// Key positions per task when a decode step's attention is split (a
 /// multiple of [`KEY_TILE`]): past this, a step has work for every core.
 const KEY_CHUNK: usize = 256;
+
+/// Positions of keys and values a step asks the CPU for before it starts
+/// (2 KiB of each per KV head at SmolLM2's 64 dimensions).
+const PREFETCH_ROWS: usize = 32;
 
 /// Neighbouring tokens of a prompt whose pieces of attention that start at
 /// one slot run as one job (each key and value read once for them all).
@@ -237,6 +241,26 @@ impl LayerCache {
             }
             let value = &kv[kv_width + head * head_dim..][..head_dim];
             narrow_f16(value, &mut values[slot * head_dim..][..head_dim]);
+        }
+    }
+
+    /// Starts loading what a step from `position` touches first, usually
+    /// out of every cache by then (the weights of a whole pass went through
+    /// since): the key tile and value row it writes first and the first
+    /// [`PREFETCH_ROWS`] keys and values it reads. The widening loads run
+    /// ahead of themselves from there on.
+    pub fn prefetch(&self, head_dim: usize, position: usize) {
+        let slot = position % self.slots;
+        let first = self.slot_ranges(position)[0].start;
+        let tile_of = |slot: usize| slot / KEY_TILE * KEY_TILE * head_dim;
+        let some = |data: &[f16], start: usize, len: usize| {
+            prefetch(&data[start.min(data.len())..(start + len).min(data.len())]);
+        };
+        for (keys, values) in self.keys.iter().zip(&self.values) {
+            some(keys, tile_of(slot), KEY_TILE * head_dim);
+            some(values, slot * head_dim, head_dim);
+            some(keys, tile_of(first), PREFETCH_ROWS * head_dim);
+            some(values, first * head_dim, PREFETCH_ROWS * head_dim);
         }
     }
 
@@ -640,10 +664,10 @@ fn attend(
         let scores = &mut scores[offset..][..seen[r]];
         let max = max_f32(scores);
         scores.iter_mut().for_each(|v| *v = (*v - max) * scale);
-        exp_in_place(scores);
+        let total = exp_sum_in_place(scores);
         let partial = &mut partials[r / group];
         partial.maxima[r % group] = max * scale;
-        partial.totals[r % group] = scores.iter().sum();
+        partial.totals[r % group] = total;
     }
     let probabilities: Vec<&[f32]> = scores
         .chunks_exact(padded)

@@ -777,6 +777,8 @@ impl Transformer {
             work.into_par_iter()
                 .for_each(|(((step, span), &split), (qkv, attn))| {
                     let layer = &mut step.cache.layers[i];
+                    // Its first keys and values are loaded while it rotates.
+                    layer.prefetch(h.head_dim, step.pos);
                     let rotation = &rotation[span.start * h.rope.dims..span.end * h.rope.dims];
                     vectorized(
                         #[inline(always)]

@@ -645,6 +645,25 @@ fn f16c() -> bool {
     *F16C.get_or_init(|| Tier::selected().is_ok_and(|tier| tier != Tier::Portable))
 }
 
+/// Asks the CPU to start loading `data`'s cache lines, as a hint: it
+/// changes no result (a no-op where there is no such instruction).
+#[inline(always)]
+pub(crate) fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = data.as_ptr().cast::<i8>();
+        for offset in (0..std::mem::size_of_val(data)).step_by(64) {
+            #[allow(unsafe_code)]
+            // SAFETY: every x86-64 CPU has SSE's prefetch, which reads
+            // nothing into the program and cannot fault.
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(offset))
+            }
+        }
+    }
+}
+
 /// `dst[i] = src[i]` as f32 (exact), with F16C's conversion on every x86
 /// tier but the portable one. The KV cache is read through this.
 #[inline(always)]

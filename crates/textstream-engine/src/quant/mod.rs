@@ -1082,13 +1082,26 @@ pub(crate) struct XPair {
     /// halved into its two groups (what Q4_1's and Q5_1's `m` multiply in
     /// ggml and candle).
     rounded: [f32; 4],
+    /// Each block's two groups of `exact`, added (in f32, as a kernel with a
+    /// scale per 32 values adds them): read straight into a vector, where
+    /// adding them per token was 6 of a lane kernel's ~32 instructions per
+    /// pair and token (steps of 8 SmolLM2 sequences ~1 % faster, alternating
+    /// steps in one process). In the record's padding: it stays 192 bytes.
+    exact_blocks: [f32; 2],
+    /// The same of `rounded`.
+    rounded_blocks: [f32; 2],
 }
+
+// One record per pair, in three cache lines.
+const _: () = assert!(std::mem::size_of::<XPair>() == 192);
 
 const EMPTY_PAIR: XPair = XPair {
     q: [0; PAIR],
     scales: [0.0; 16],
     exact: [0.0; 4],
     rounded: [0.0; 4],
+    exact_blocks: [0.0; 2],
+    rounded_blocks: [0.0; 2],
 };
 
 impl XPair {
@@ -1098,6 +1111,15 @@ impl XPair {
         match rounded {
             true => &self.rounded,
             false => &self.exact,
+        }
+    }
+
+    /// Each block's sum of [`Self::sums`]' two groups.
+    #[inline(always)]
+    fn block_sums(&self, rounded: bool) -> &[f32; 2] {
+        match rounded {
+            true => &self.rounded_blocks,
+            false => &self.exact_blocks,
         }
     }
 }
@@ -1161,6 +1183,8 @@ fn quantize_token(x: &[f32], pairs: &mut [XPair]) {
             pair.scales[half * 8..][..8].fill(block.scale);
             pair.exact[2 * half..][..2].copy_from_slice(&block.exact_sums);
             pair.rounded[2 * half..][..2].fill(block.rounded_sum / 2.0);
+            pair.exact_blocks[half] = pair.exact[2 * half] + pair.exact[2 * half + 1];
+            pair.rounded_blocks[half] = pair.rounded[2 * half] + pair.rounded[2 * half + 1];
         }
     }
 }

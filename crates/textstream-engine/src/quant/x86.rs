@@ -236,8 +236,8 @@ pub(super) fn dot_lanes<const F: u8, const T: usize>(
             for t in 0..T {
                 let x = &xs[t][i];
                 let q: [i32; 16] = bytemuck::cast(x.q);
-                let sums = x.sums(rounded);
                 if per32 {
+                    let sums = x.block_sums(rounded);
                     for h in 0..2 {
                         let mut dots = _mm512_setzero_si512();
                         for c in 8 * h..8 * h + 8 {
@@ -245,10 +245,10 @@ pub(super) fn dot_lanes<const F: u8, const T: usize>(
                         }
                         let scale = _mm512_mul_ps(a[2 * h], _mm512_set1_ps(x.scales[8 * h]));
                         acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[t]);
-                        let sum = _mm512_set1_ps(sums[2 * h] + sums[2 * h + 1]);
-                        acc[t] = _mm512_fmadd_ps(b[2 * h], sum, acc[t]);
+                        acc[t] = _mm512_fmadd_ps(b[2 * h], _mm512_set1_ps(sums[h]), acc[t]);
                     }
                 } else {
+                    let sums = x.sums(rounded);
                     for g in 0..4 {
                         let mut dots = _mm512_setzero_si512();
                         for c in 4 * g..4 * g + 4 {

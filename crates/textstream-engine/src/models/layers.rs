@@ -18,7 +18,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::hparams::{Activation, Hparams, Rope, RopeStyle, MAX_GROUP};
-use crate::math::{exp_sum_in_place, fast_exp, max_f32};
+use crate::math::{exp_in_place, fast_exp, max_f32};
 use crate::quant::{dot_f32, narrow_f16, prefetch, vectorized, widen_f16};
 
 /// Key positions per tile of the key cache (16 f32 lanes: one AVX-512 register).
@@ -247,8 +247,11 @@ impl LayerCache {
     /// Starts loading what a step from `position` touches first, usually
     /// out of every cache by then (the weights of a whole pass went through
     /// since): the key tile and value row it writes first and the first
-    /// [`PREFETCH_ROWS`] keys and values it reads. The widening loads run
-    /// ahead of themselves from there on.
+    /// [`PREFETCH_ROWS`] keys and values it reads, while it rotates its
+    /// queries (steps of 8 SmolLM2 sequences 0.5-1 % faster, alternating
+    /// with and without it in one process). The reads after those the
+    /// CPU's own prefetchers follow: asking for them 4 KiB ahead as well
+    /// changed nothing.
     pub fn prefetch(&self, head_dim: usize, position: usize) {
         let slot = position % self.slots;
         let first = self.slot_ranges(position)[0].start;
@@ -664,10 +667,10 @@ fn attend(
         let scores = &mut scores[offset..][..seen[r]];
         let max = max_f32(scores);
         scores.iter_mut().for_each(|v| *v = (*v - max) * scale);
-        let total = exp_sum_in_place(scores);
+        exp_in_place(scores);
         let partial = &mut partials[r / group];
         partial.maxima[r % group] = max * scale;
-        partial.totals[r % group] = total;
+        partial.totals[r % group] = scores.iter().sum();
     }
     let probabilities: Vec<&[f32]> = scores
         .chunks_exact(padded)

@@ -142,13 +142,6 @@ pub(super) fn dot_avx512<const F: u8, const R: usize, const T: usize>(
 /// runs each; `textstream bench --prompt-lengths 8`).
 const LANE_PREFETCH_BYTES: usize = 1024;
 
-/// How far ahead widening f16 (the KV cache, a tile of keys or a block of
-/// values at a time, 2 KiB each at 64 dimensions) asks for the next bytes:
-/// the tiles after the one being widened, so that attention's reads stream
-/// instead of waiting on each line (in alternating steps of 8 SmolLM2
-/// sequences, attention's key and value passes took 6-10 % less time).
-const WIDEN_PREFETCH_BYTES: usize = 4096;
-
 /// The AVX-512 VNNI kernel on a lane block ([`super::layout::interleave`]):
 /// 16 rows at once, row `r` in lane `r` of every vector, against `T`
 /// tokens. A 4-byte word of the block holds 4 values of each row, so one
@@ -559,12 +552,7 @@ fn dot_vnni_256(w: __m256i, x: __m256i, _eight: bool) -> __m256i {
 pub(super) fn widen_f16(src: &[u16], dst: &mut [f32]) {
     let (halves, rest) = src.as_chunks::<8>();
     let (outs, out_rest) = dst.as_chunks_mut::<8>();
-    for (i, (h, o)) in halves.iter().zip(outs).enumerate() {
-        // One prefetch per 64-byte line.
-        if i % 4 == 0 {
-            let future = h.as_ptr().cast::<u8>().wrapping_add(WIDEN_PREFETCH_BYTES);
-            _mm_prefetch::<_MM_HINT_T0>(future.cast());
-        }
+    for (h, o) in halves.iter().zip(outs) {
         *o = bytemuck::cast(_mm256_cvtph_ps(bytemuck::cast(*h)));
     }
     for (&h, o) in rest.iter().zip(out_rest) {

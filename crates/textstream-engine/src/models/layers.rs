@@ -39,7 +39,7 @@ const WIDE_CACHE_LIMIT: usize = 64 << 20;
 const KEY_CHUNK: usize = 256;
 
 /// Positions of keys and values a step asks the CPU for before it starts
-/// (2 KiB of each per KV head at SmolLM2's 64 dimensions).
+/// (4 KiB of each per KV head at SmolLM2's 64 dimensions).
 const PREFETCH_ROWS: usize = 32;
 
 /// Neighbouring tokens of a prompt whose pieces of attention that start at

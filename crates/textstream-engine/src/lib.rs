@@ -50,6 +50,7 @@ pub mod quant;
 mod quant;
 pub mod sampling;
 pub mod scheduler;
+mod team;
 pub mod template;
 #[cfg(feature = "test-support")]
 pub mod testing;

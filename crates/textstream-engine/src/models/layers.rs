@@ -15,7 +15,6 @@
 use std::ops::Range;
 
 use half::f16;
-use rayon::prelude::*;
 
 use super::hparams::{Activation, Hparams, Rope, RopeStyle, MAX_GROUP};
 use crate::math::{exp_in_place, fast_exp, max_f32};
@@ -92,29 +91,30 @@ pub fn add(x: &mut [f32], y: &[f32]) {
 /// `act = activation(gate) * up` for each token: rows of `act` are `width`
 /// values, rows of `gate_up` the token's gate values followed by its up values.
 pub fn gated_activation(activation: Activation, width: usize, gate_up: &[f32], act: &mut [f32]) {
-    act.par_chunks_exact_mut(width)
-        .zip(gate_up.par_chunks_exact(2 * width))
-        .with_min_len(TOKENS_PER_TASK)
-        .for_each(|(act, gate_up)| {
-            vectorized(
-                #[inline(always)]
-                || {
-                    let (gate, up) = gate_up.split_at(width);
-                    match activation {
-                        Activation::Silu => {
-                            for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
-                                *a = g / (1.0 + fast_exp(-g)) * u;
-                            }
-                        }
-                        Activation::GeluTanh => {
-                            for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
-                                *a = gelu_tanh(g) * u;
-                            }
+    let rows: Vec<_> = act
+        .chunks_exact_mut(width)
+        .zip(gate_up.chunks_exact(2 * width))
+        .collect();
+    crate::team::for_each(rows, TOKENS_PER_TASK, |(act, gate_up)| {
+        vectorized(
+            #[inline(always)]
+            || {
+                let (gate, up) = gate_up.split_at(width);
+                match activation {
+                    Activation::Silu => {
+                        for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
+                            *a = g / (1.0 + fast_exp(-g)) * u;
                         }
                     }
-                },
-            )
-        });
+                    Activation::GeluTanh => {
+                        for ((a, &g), &u) in act.iter_mut().zip(gate).zip(up) {
+                            *a = gelu_tanh(g) * u;
+                        }
+                    }
+                }
+            },
+        )
+    });
 }
 
 /// GELU, tanh approximation: `x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))`,
@@ -301,8 +301,8 @@ impl LayerCache {
     /// every core busy (handing its three or so small jobs to other threads
     /// cost more than they take). The arithmetic is the same either way.
     pub fn attend(&self, h: &Hparams, qkv: &[f32], pos: usize, out: &mut [f32], split: bool) {
-        // Rayon runs a parallel iterator no longer than its minimum length
-        // on the calling thread.
+        // A region no longer than its minimum length runs on the calling
+        // thread.
         let min_len = if split { 1 } else { usize::MAX };
         let qkv_width = h.q_width() + 2 * h.kv_width();
         let t = qkv.len() / qkv_width;
@@ -353,23 +353,23 @@ impl LayerCache {
         // f32 takes twice the bytes the f16 cache holds.
         let wide: Vec<(Vec<f32>, Vec<f32>)> =
             if t > 1 && 2 * self.held_bytes() <= WIDE_CACHE_LIMIT as u64 {
-                self.keys
-                    .par_iter()
-                    .zip(&self.values)
-                    .map(|(keys, values)| {
+                let heads: Vec<_> = self.keys.iter().zip(&self.values).collect();
+                crate::team::map_init(
+                    &heads,
+                    1,
+                    || (),
+                    |(), (keys, values)| {
                         let mut wide = (vec![0.0; keys.len()], vec![0.0; values.len()]);
                         widen_f16(keys, &mut wide.0);
                         widen_f16(values, &mut wide.1);
                         wide
-                    })
-                    .collect()
+                    },
+                )
             } else {
                 Vec::new()
             };
-        let done: Vec<(Vec<Partial>, Vec<f32>)> = jobs
-            .par_iter()
-            .with_min_len(min_len)
-            .map_init(Scratch::default, |scratch, job| {
+        let done: Vec<(Vec<Partial>, Vec<f32>)> =
+            crate::team::map_init(&jobs, min_len, Scratch::default, |scratch, job| {
                 let first = &pieces[job[0]];
                 let members: Vec<Member> = job
                     .iter()
@@ -406,22 +406,19 @@ impl LayerCache {
                     },
                 );
                 (partials, outs)
-            })
-            .collect();
-        out.par_chunks_mut(group_width)
-            .zip(groups.par_iter())
-            .with_min_len(min_len)
-            .for_each(|(out, range)| {
-                let parts = range.clone().map(|p| {
-                    let (job, k) = located[p];
-                    let (partials, outs) = &done[job];
-                    (&partials[k], &outs[k * group_width..][..group_width])
-                });
-                vectorized(
-                    #[inline(always)]
-                    || merge(parts, h.head_dim, out),
-                )
             });
+        let outs: Vec<_> = out.chunks_mut(group_width).zip(&groups).collect();
+        crate::team::for_each(outs, min_len, |(out, range)| {
+            let parts = range.clone().map(|p| {
+                let (job, k) = located[p];
+                let (partials, outs) = &done[job];
+                (&partials[k], &outs[k * group_width..][..group_width])
+            });
+            vectorized(
+                #[inline(always)]
+                || merge(parts, h.head_dim, out),
+            )
+        });
     }
 
     /// Bytes this layer's cache takes when full.

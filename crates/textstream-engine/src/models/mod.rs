@@ -32,7 +32,6 @@ use std::ops::Range;
 use candle_core::quantized::gguf_file::{Content, TensorInfo};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
-use rayon::prelude::*;
 
 pub use hparams::{Activation, Hparams, Rope, RopeStyle, SlidingWindow, Wiring};
 use layers::{add, gated_activation, rms_norm, rms_norm_in_place, rotate, rotations, LayerCache};
@@ -646,7 +645,7 @@ impl Transformer {
         if let Some(id) = ids.iter().find(|&&id| id as usize >= self.embedding.rows()) {
             candle_core::bail!("token id {id} is outside the vocabulary")
         }
-        Ok(self.pool.install(|| {
+        Ok(crate::team::run(&self.pool, || {
             let mut last = Vec::new();
             for (i, chunk) in ids.chunks(self.prompt_chunk).enumerate() {
                 let mut step = [Step {
@@ -690,7 +689,7 @@ impl Transformer {
         if steps.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(self.pool.install(|| {
+        Ok(crate::team::run(&self.pool, || {
             let last = self.forward_steps(steps);
             self.logits(&mut steps[0].cache.activations, &last)
         }))
@@ -774,37 +773,43 @@ impl Transformer {
                 .into_iter()
                 .zip(split_rows(&mut b.attn, &spans, q_width));
             let work: Vec<_> = steps.iter_mut().zip(&spans).zip(&split).zip(rows).collect();
-            work.into_par_iter()
-                .for_each(|(((step, span), &split), (qkv, attn))| {
-                    let layer = &mut step.cache.layers[i];
-                    // Its first keys and values are loaded while it rotates.
-                    layer.prefetch(h.head_dim, step.pos);
-                    let rotation = &rotation[span.start * h.rope.dims..span.end * h.rope.dims];
-                    vectorized(
-                        #[inline(always)]
-                        || {
-                            for (j, token) in qkv.chunks_exact_mut(qkv_width).enumerate() {
-                                if let Some(bias) = &block.qkv_bias {
-                                    add(token, bias);
-                                }
-                                let (q, kv) = token.split_at_mut(q_width);
-                                if let Some((q_norm, k_norm)) = &block.qk_norm {
-                                    rms_norm_in_place(q, q_norm, h.rms_eps);
-                                    rms_norm_in_place(&mut kv[..kv_width], k_norm, h.rms_eps);
-                                }
-                                let rotation = &rotation[j * h.rope.dims..][..h.rope.dims];
-                                for head in q.chunks_exact_mut(h.head_dim) {
-                                    rotate(w.rope_style, head, rotation);
-                                }
-                                for head in kv[..kv_width].chunks_exact_mut(h.head_dim) {
-                                    rotate(w.rope_style, head, rotation);
-                                }
-                                layer.store(h.head_dim, step.pos + j, kv);
+            let attend = |(((step, span), &split), (qkv, attn)): AttentionWork<'_, '_>| {
+                let layer = &mut step.cache.layers[i];
+                // Its first keys and values are loaded while it rotates.
+                layer.prefetch(h.head_dim, step.pos);
+                let rotation = &rotation[span.start * h.rope.dims..span.end * h.rope.dims];
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for (j, token) in qkv.chunks_exact_mut(qkv_width).enumerate() {
+                            if let Some(bias) = &block.qkv_bias {
+                                add(token, bias);
                             }
-                        },
-                    );
-                    layer.attend(h, qkv, step.pos, attn, split);
-                });
+                            let (q, kv) = token.split_at_mut(q_width);
+                            if let Some((q_norm, k_norm)) = &block.qk_norm {
+                                rms_norm_in_place(q, q_norm, h.rms_eps);
+                                rms_norm_in_place(&mut kv[..kv_width], k_norm, h.rms_eps);
+                            }
+                            let rotation = &rotation[j * h.rope.dims..][..h.rope.dims];
+                            for head in q.chunks_exact_mut(h.head_dim) {
+                                rotate(w.rope_style, head, rotation);
+                            }
+                            for head in kv[..kv_width].chunks_exact_mut(h.head_dim) {
+                                rotate(w.rope_style, head, rotation);
+                            }
+                            layer.store(h.head_dim, step.pos + j, kv);
+                        }
+                    },
+                );
+                layer.attend(h, qkv, step.pos, attn, split);
+            };
+            // A sequence whose attention splits into parallel jobs runs on
+            // its own, opening its own regions; the others (decode steps of
+            // a batch) share one region, a sequence per item.
+            let (alone, shared): (Vec<_>, Vec<_>) =
+                work.into_iter().partition(|(((_, _), &split), _)| split);
+            alone.into_iter().for_each(&attend);
+            crate::team::for_each(shared, 1, attend);
             block.output.matmul(&b.attn, &mut b.projected, &mut acts);
             vectorized(
                 #[inline(always)]
@@ -867,6 +872,14 @@ impl Transformer {
 
 /// `buffer`'s rows (`width` values each) cut into each step's own, in order:
 /// `spans` are consecutive from row 0.
+/// One sequence's share of a layer's attention: its step, its rows of the
+/// batch, whether its attention splits into parallel jobs, and its rows of
+/// the QKV and attention buffers.
+type AttentionWork<'s, 'a> = (
+    ((&'s mut Step<'a>, &'s Range<usize>), &'s bool),
+    (&'s mut [f32], &'s mut [f32]),
+);
+
 fn split_rows<'a>(
     buffer: &'a mut [f32],
     spans: &[Range<usize>],

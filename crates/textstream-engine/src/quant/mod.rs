@@ -52,7 +52,6 @@ use crate::math::{integer_bits, round_to_f16};
 #[cfg(target_arch = "x86_64")]
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 pub use layout::QuantType;
 #[cfg(any(test, feature = "test-support"))]
@@ -546,7 +545,7 @@ impl Matrix {
                     rest = tail;
                 }
             }
-            tasks.into_par_iter().for_each(|(segment, first, out)| {
+            crate::team::for_each(tasks, 1, |(segment, first, out)| {
                 vectorized(
                     #[inline(always)]
                     || segment.rows_dot(self, first, out, x, act),
@@ -606,14 +605,12 @@ impl Matrix {
                 rest = tail;
             }
         }
-        tasks
-            .into_par_iter()
-            .for_each(|((segment, first_row, n), first, outs)| {
-                vectorized(
-                    #[inline(always)]
-                    || segment.tile_dot(self, first_row, n, first, outs, x, act),
-                )
-            });
+        crate::team::for_each(tasks, 1, |((segment, first_row, n), first, outs)| {
+            vectorized(
+                #[inline(always)]
+                || segment.tile_dot(self, first_row, n, first, outs, x, act),
+            )
+        });
     }
 }
 
@@ -1156,16 +1153,17 @@ impl Activations {
         self.pairs
             .resize(x.len() / cols * self.per_token, EMPTY_PAIR);
         // One token is too little to split; a prompt splits by tokens.
-        self.pairs
-            .par_chunks_mut(self.per_token)
-            .zip(x.par_chunks_exact(cols))
-            .with_min_len(TOKENS_PER_TASK)
-            .for_each(|(pairs, x)| {
-                vectorized(
-                    #[inline(always)]
-                    || quantize_token(x, pairs),
-                )
-            });
+        let tokens: Vec<_> = self
+            .pairs
+            .chunks_mut(self.per_token)
+            .zip(x.chunks_exact(cols))
+            .collect();
+        crate::team::for_each(tokens, TOKENS_PER_TASK, |(pairs, x)| {
+            vectorized(
+                #[inline(always)]
+                || quantize_token(x, pairs),
+            )
+        });
     }
 }
 

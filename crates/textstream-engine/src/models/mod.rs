@@ -512,7 +512,7 @@ impl Transformer {
                 },
             )
         });
-        Ok(Self {
+        let mut model = Self {
             embedding_scale: w.scale_embedding.then(|| (hparams.hidden as f32).sqrt()),
             hparams,
             embedding: embedding?,
@@ -522,7 +522,26 @@ impl Transformer {
             context,
             prompt_chunk: PROMPT_CHUNK,
             pool,
-        })
+        };
+        model.pack();
+        Ok(model)
+    }
+
+    /// Moves the weights into one buffer in the order a step reads them
+    /// (in 2 MiB pages where the OS gives them: [`crate::quant::pack`]).
+    fn pack(&mut self) {
+        let mut order: Vec<&mut Matrix> = Vec::with_capacity(4 * self.blocks.len() + 2);
+        for block in &mut self.blocks {
+            order.extend([
+                &mut block.qkv,
+                &mut block.output,
+                &mut block.gate_up,
+                &mut block.down,
+            ]);
+        }
+        order.extend(self.output.as_mut());
+        order.push(&mut self.embedding);
+        self.pool.install(|| crate::quant::pack(order));
     }
 
     /// Sets the most prompt tokens per forward pass (at least 1), which also

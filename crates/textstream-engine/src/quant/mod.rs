@@ -42,6 +42,7 @@
 //! code.
 
 mod layout;
+mod pages;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -57,6 +58,7 @@ pub use layout::QuantType;
 #[cfg(any(test, feature = "test-support"))]
 pub use layout::QUANT_TYPES;
 use layout::{BLOCK, LANES, PAIR};
+use pages::Bytes;
 
 /// Largest magnitude of a rounded activation (signed 8 bits, symmetric).
 const ACTIVATION_MAX: f32 = 127.0;
@@ -287,7 +289,7 @@ enum Data {
     Quant {
         kind: QuantType,
         row_bytes: usize,
-        bytes: Vec<u8>,
+        bytes: Bytes,
         lanes: bool,
     },
     F32(Vec<f32>),
@@ -375,7 +377,7 @@ impl Matrix {
                 Data::Quant {
                     kind,
                     row_bytes,
-                    bytes: layout::relayout(kind, bytes, rows, cols),
+                    bytes: layout::relayout(kind, bytes, rows, cols).into(),
                     lanes: false,
                 }
             }
@@ -442,7 +444,7 @@ impl Matrix {
                     },
                 ) if *a == b && *lanes == more_lanes => {
                     *rows += segment.rows;
-                    bytes.extend(more);
+                    bytes.to_mut().extend_from_slice(&more);
                 }
                 (
                     Some(Segment {
@@ -841,6 +843,22 @@ fn lane_rows<const F: u8, const T: usize>(
     }
 }
 
+/// Moves the quantized rows of `matrices` into one buffer, in this order
+/// (the order a step reads them), in 2 MiB pages where the OS gives them
+/// ([`pages`]). Products and results are unchanged.
+pub fn pack(matrices: Vec<&mut Matrix>) {
+    pages::pack(
+        matrices
+            .into_iter()
+            .flat_map(|m| m.segments.iter_mut())
+            .filter_map(|s| match &mut s.data {
+                Data::Quant { bytes, .. } => Some(bytes),
+                _ => None,
+            })
+            .collect(),
+    );
+}
+
 impl Segment {
     /// Lays this segment's rows out in lane blocks when `tier` reads them
     /// so (AVX-512, whole blocks of 16 rows), or back in rows otherwise.
@@ -855,8 +873,8 @@ impl Segment {
         {
             if *lanes != want {
                 match want {
-                    true => layout::interleave(bytes, self.rows, *row_bytes),
-                    false => layout::deinterleave(bytes, self.rows, *row_bytes),
+                    true => layout::interleave(bytes.to_mut(), self.rows, *row_bytes),
+                    false => layout::deinterleave(bytes.to_mut(), self.rows, *row_bytes),
                 }
                 *lanes = want;
             }

@@ -130,7 +130,7 @@ fn every_type_keeps_the_files_values() {
 fn lane_blocks_move_bytes_and_change_no_value() {
     let seed: Vec<u8> = (0..=255).rev().collect();
     let quant_bytes = |m: &Matrix| match &m.segments[0].data {
-        Data::Quant { bytes, .. } => bytes.clone(),
+        Data::Quant { bytes, .. } => bytes.to_vec(),
         _ => unreachable!("a quantized matrix"),
     };
     for kind in QUANT_TYPES {

@@ -85,6 +85,24 @@ impl From<Vec<u8>> for Bytes {
     }
 }
 
+/// Whether to ask for 2 MiB pages: yes unless `TEXTSTREAM_HUGE_PAGES` is
+/// `off` (or `0`, `false`, `no`). Where the host of a VM backs memory only
+/// when it is first touched, clearing 2 MiB pages is slow (on the README's
+/// VM, Qwen2.5-Coder's 375 MiB of weights loaded in 3.8 s instead of 1.9),
+/// a cost that a short run may not win back.
+fn huge_pages_wanted() -> bool {
+    wants_huge_pages(std::env::var(HUGE_PAGES_ENV).ok().as_deref())
+}
+
+/// [`huge_pages_wanted`] for a value of the variable.
+fn wants_huge_pages(value: Option<&str>) -> bool {
+    let value = value.unwrap_or_default().trim().to_ascii_lowercase();
+    !matches!(value.as_str(), "off" | "0" | "false" | "no")
+}
+
+/// The variable that turns 2 MiB pages off.
+pub(crate) const HUGE_PAGES_ENV: &str = "TEXTSTREAM_HUGE_PAGES";
+
 /// One allocation aligned to [`HUGE_PAGE`], written once per range by
 /// [`pack`] and then only read.
 pub(crate) struct Pages {
@@ -104,7 +122,7 @@ impl Pages {
     fn new(len: usize) -> Self {
         // A small model (the tests' tiny ones) gains nothing from a 2 MiB
         // page, and would take a whole one.
-        let huge = len >= MIN_HUGE;
+        let huge = len >= MIN_HUGE && huge_pages_wanted();
         let (size, align) = match huge {
             true => (len.next_multiple_of(HUGE_PAGE), HUGE_PAGE),
             false => (len.max(1), ALIGN),
@@ -229,8 +247,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn huge_pages_are_wanted_unless_turned_off() {
+        for on in [None, Some(""), Some("on"), Some("1"), Some("yes")] {
+            assert!(wants_huge_pages(on), "{on:?}");
+        }
+        for off in ["off", "OFF", " 0 ", "false", "no"] {
+            assert!(!wants_huge_pages(Some(off)), "{off:?}");
+        }
+    }
+
+    #[test]
     fn packed_bytes_are_the_same_bytes_and_change_on_their_own() {
-        let originals: Vec<Vec<u8>> = [0usize, 1, 63, 64, 65, 3000, 100_000]
+        // Small ones share ordinary pages; with the two of several
+        // megabytes (more than `MIN_HUGE` in all, several `COPY_CHUNK`s
+        // each, their pages handed back chunk by chunk) they take 2 MiB ones.
+        let originals: Vec<Vec<u8>> = [0usize, 1, 63, 64, 65, 3000, 100_000, 9 << 20, 5 << 20]
             .iter()
             .enumerate()
             .map(|(k, &len)| (0..len).map(|i| (i * 31 + k * 7) as u8).collect())

@@ -889,8 +889,6 @@ impl Transformer {
     }
 }
 
-/// `buffer`'s rows (`width` values each) cut into each step's own, in order:
-/// `spans` are consecutive from row 0.
 /// One sequence's share of a layer's attention: its step, its rows of the
 /// batch, whether its attention splits into parallel jobs, and its rows of
 /// the QKV and attention buffers.
@@ -899,6 +897,8 @@ type AttentionWork<'s, 'a> = (
     (&'s mut [f32], &'s mut [f32]),
 );
 
+/// `buffer`'s rows (`width` values each) cut into each step's own, in order:
+/// `spans` are consecutive from row 0.
 fn split_rows<'a>(
     buffer: &'a mut [f32],
     spans: &[Range<usize>],

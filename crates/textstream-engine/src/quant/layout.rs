@@ -174,6 +174,15 @@ impl Layout {
     pub const fn rounded_sums(&self) -> bool {
         matches!(self.scales, Scales::LegacyMin)
     }
+
+    /// The integer the stored values are offset by (`b = -zero * a`), for
+    /// the types whose offset is one.
+    pub const fn zero(&self) -> Option<u8> {
+        match self.scales {
+            Scales::Legacy { zero } | Scales::Signed { zero } => Some(zero),
+            _ => None,
+        }
+    }
 }
 
 /// A legacy type's layout: blocks of 32, one pair per super-block.

@@ -326,16 +326,17 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
 
     /// Every type, on every tier this CPU runs, for 1 to 9 tokens (the decode
-    /// path, the prompt path and its remainders), against exact products;
-    /// whole blocks of 16 rows as often (the AVX-512 tier's lane blocks).
+    /// path, the prompt path and its remainders) and 16 to 40 (the lane
+    /// kernel's 16 and 32 tokens at once), against exact products; whole
+    /// blocks of 16 rows as often (the AVX-512 tier's lane blocks).
     #[test]
     fn products_match_the_exact_ones(
         type_index in 0usize..QUANT_TYPES.len(),
         rows in prop_oneof![1usize..12, (1usize..5).prop_map(|k| 16 * k)],
         blocks in 1usize..4,
-        tokens in 1usize..10,
+        tokens in prop_oneof![3 => 1usize..10, 1 => 16usize..41],
         seed in proptest::collection::vec(any::<u8>(), 8..64),
-        x in proptest::collection::vec(-4.0f32..4.0, 9 * 3 * 256),
+        x in proptest::collection::vec(-4.0f32..4.0, 40 * 3 * 256),
     ) {
         let kind = QUANT_TYPES[type_index];
         let cols = cols_for(kind, blocks);
@@ -431,6 +432,7 @@ fn quantize_block_scalar(block: &[f32], lanes: &mut [u8]) -> RoundedBlock {
     RoundedBlock {
         scale,
         exact_sums: sums.map(|s| scale * s as f32),
+        counts: sums,
         rounded_sum: (f16::from_f32((sums[0] + sums[1]) as f32) * f16::from_f32(scale)).to_f32(),
     }
 }
@@ -472,6 +474,7 @@ proptest! {
         prop_assert_eq!(got.scale.to_bits(), want.scale.to_bits());
         prop_assert_eq!(got.exact_sums.map(f32::to_bits), want.exact_sums.map(f32::to_bits));
         prop_assert_eq!(got.rounded_sum.to_bits(), want.rounded_sum.to_bits());
+        prop_assert_eq!(got.counts, want.counts);
     }
 }
 

@@ -17,7 +17,7 @@ use std::ops::Range;
 use half::f16;
 
 use super::hparams::{Activation, Hparams, Rope, RopeStyle, MAX_GROUP};
-use crate::math::{exp_in_place, fast_exp, max_f32};
+use crate::math::{fast_exp, max_f32, shifted_exp_sum};
 use crate::quant::{dot_f32, narrow_f16, prefetch, vectorized, widen_f16};
 
 /// Key positions per tile of the key cache (16 f32 lanes: one AVX-512 register).
@@ -663,11 +663,10 @@ fn attend(
     for (r, scores) in scores.chunks_exact_mut(padded).enumerate() {
         let scores = &mut scores[offset..][..seen[r]];
         let max = max_f32(scores);
-        scores.iter_mut().for_each(|v| *v = (*v - max) * scale);
-        exp_in_place(scores);
+        let total = shifted_exp_sum(scores, max, scale);
         let partial = &mut partials[r / group];
         partial.maxima[r % group] = max * scale;
-        partial.totals[r % group] = scores.iter().sum();
+        partial.totals[r % group] = total;
     }
     let probabilities: Vec<&[f32]> = scores
         .chunks_exact(padded)
@@ -689,9 +688,9 @@ fn attend(
             .values
             .get((start + first) * head_dim, rows * head_dim, values);
         match head_dim {
-            64 => weighted_sums::<64, 4>(&probabilities, first, block, &mut outs),
-            128 => weighted_sums::<128, 2>(&probabilities, first, block, &mut outs),
-            256 => weighted_sums::<256, 1>(&probabilities, first, block, &mut outs),
+            64 => weighted_sums::<64>(&probabilities, first, block, &mut outs),
+            128 => weighted_sums::<128>(&probabilities, first, block, &mut outs),
+            256 => weighted_sums::<256>(&probabilities, first, block, &mut outs),
             _ => {
                 for (p, out) in probabilities.iter().zip(outs.iter_mut()) {
                     let p = p.get(first..).unwrap_or_default();
@@ -747,39 +746,57 @@ fn by_dimension(rows: &[&[f32]], head_dim: usize) -> Vec<Vec<[f32; SCORE_ROWS]>>
         .collect()
 }
 
+/// Columns of the value rows one pass of [`weighted_sums`] takes, for
+/// [`SUM_ROWS`] rows of probabilities at once: their 4 x 4 sums stay in 16
+/// registers, and each value vector loaded serves 4 rows. (Whole rows of
+/// Gemma 3's 256 values, one probability row at a time, loaded a vector
+/// per multiply-add, from L2: the sums took twice as long as the scores.)
+const SUM_COLUMNS: usize = 64;
+/// Probability rows one pass of [`weighted_sums`] takes.
+const SUM_ROWS: usize = 4;
+
 /// `out += Σ_j p[first + j] * block[j]` (rows of `D` values) for every
-/// row of probabilities, up to `N` rows at a time: each value row of the
-/// block is read once for them, and their sums stay in registers through
-/// the block. Each row's sum runs over `j` in order, as alone.
+/// row of probabilities, up to [`SUM_ROWS`] rows and [`SUM_COLUMNS`]
+/// columns at a time: each value vector of the block is read once for
+/// them, and their sums stay in registers through the block. Each output's
+/// sum runs over `j` in order, as alone, whatever the rows and columns
+/// beside it.
 #[inline(always)]
-fn weighted_sums<const D: usize, const N: usize>(
+fn weighted_sums<const D: usize>(
     probabilities: &[&[f32]],
     first: usize,
     block: &[f32],
     outs: &mut [&mut [f32]],
 ) {
     let (block, _) = block.as_chunks::<D>();
-    for (probabilities, outs) in probabilities.chunks(N).zip(outs.chunks_mut(N)) {
-        // A fixed count of rows (not the chunk's length, known only at run
-        // time): with it the sums are registers; without it, each
-        // multiply-add loaded and stored its sum.
-        match probabilities.len() {
-            1 => rows_sums::<D, 1>(probabilities, first, block, outs),
-            2 => rows_sums::<D, 2>(probabilities, first, block, outs),
-            3 => rows_sums::<D, 3>(probabilities, first, block, outs),
-            _ => rows_sums::<D, N>(probabilities, first, block, outs),
+    for (probabilities, outs) in probabilities
+        .chunks(SUM_ROWS)
+        .zip(outs.chunks_mut(SUM_ROWS))
+    {
+        for column in (0..D).step_by(SUM_COLUMNS) {
+            // A fixed count of rows (not the chunk's length, known only at
+            // run time): with it the sums are registers; without it, each
+            // multiply-add loaded and stored its sum.
+            match probabilities.len() {
+                1 => rows_sums::<D, 1>(probabilities, first, block, outs, column),
+                2 => rows_sums::<D, 2>(probabilities, first, block, outs, column),
+                3 => rows_sums::<D, 3>(probabilities, first, block, outs, column),
+                _ => rows_sums::<D, SUM_ROWS>(probabilities, first, block, outs, column),
+            }
         }
     }
 }
 
-/// [`weighted_sums`] of exactly `N` rows: the value rows all of them reach
-/// with the `N` rows' sums together, then each row's remaining ones.
+/// [`weighted_sums`] of exactly `N` rows in the [`SUM_COLUMNS`] columns
+/// from `column`: the value rows all of them reach with the `N` rows' sums
+/// together, then each row's remaining ones.
 #[inline(always)]
 fn rows_sums<const D: usize, const N: usize>(
     probabilities: &[&[f32]],
     first: usize,
     block: &[[f32; D]],
     outs: &mut [&mut [f32]],
+    column: usize,
 ) {
     let probabilities: [&[f32]; N] =
         std::array::from_fn(|n| probabilities[n].get(first..).unwrap_or_default());
@@ -789,35 +806,38 @@ fn rows_sums<const D: usize, const N: usize>(
         .min()
         .unwrap_or(0)
         .min(block.len());
-    let mut sums = [[0.0f32; D]; N];
+    let mut sums = [[0.0f32; SUM_COLUMNS]; N];
     for (sum, out) in sums.iter_mut().zip(outs.iter()) {
-        sum.copy_from_slice(out);
+        sum.copy_from_slice(&out[column..][..SUM_COLUMNS]);
     }
     accumulate(
         &mut sums,
         probabilities.map(|p| &p[..common]),
         &block[..common],
+        column,
     );
     for ((sum, p), out) in sums.iter_mut().zip(probabilities).zip(outs.iter_mut()) {
         let rest = p.len().min(block.len()).max(common);
         let mut one = [*sum];
-        accumulate(&mut one, [&p[common..rest]], &block[common..rest]);
-        out.copy_from_slice(&one[0]);
+        accumulate(&mut one, [&p[common..rest]], &block[common..rest], column);
+        out[column..][..SUM_COLUMNS].copy_from_slice(&one[0]);
     }
 }
 
-/// `sums[n] += Σ_j p[n][j] * rows[j]`, `j` in order (each `p[n]` as long
-/// as `rows`). The sums are copied into a local and back whole, so that
-/// they stay in registers through the loop: written in place, or beside
-/// other loops over them, the compiler kept them in memory.
+/// `sums[n] += Σ_j p[n][j] * rows[j][column..column + W]`, `j` in order
+/// (each `p[n]` as long as `rows`). The sums are copied into a local and
+/// back whole, so that they stay in registers through the loop: written in
+/// place, or beside other loops over them, the compiler kept them in memory.
 #[inline(always)]
-fn accumulate<const D: usize, const N: usize>(
-    sums: &mut [[f32; D]; N],
+fn accumulate<const D: usize, const W: usize, const N: usize>(
+    sums: &mut [[f32; W]; N],
     p: [&[f32]; N],
     rows: &[[f32; D]],
+    column: usize,
 ) {
     let mut acc = *sums;
     for (j, value) in rows.iter().enumerate() {
+        let value: &[f32; W] = value[column..][..W].try_into().expect("W columns");
         for (acc, p) in acc.iter_mut().zip(p) {
             let p = p[j];
             for (a, &v) in acc.iter_mut().zip(value) {

@@ -12,9 +12,14 @@ pub(crate) fn shifted_exp_sum(values: &mut [f32], max: f32, scale: f32) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let (chunks, rest) = values.as_chunks_mut::<LANES>();
     for chunk in chunks {
-        for (lane, v) in lanes.iter_mut().zip(chunk.iter_mut()) {
-            *v = fast_exp((*v - max) * scale);
-            *lane += *v;
+        // The numerators into a local, then out and into the sums: written
+        // and summed in one loop, the sums went through memory (with a
+        // check that they did not overlap the values).
+        let mut e = *chunk;
+        e.iter_mut().for_each(|v| *v = fast_exp((*v - max) * scale));
+        *chunk = e;
+        for (lane, e) in lanes.iter_mut().zip(e) {
+            *lane += e;
         }
     }
     let mut total: f32 = lanes.iter().sum();

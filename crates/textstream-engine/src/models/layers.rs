@@ -541,6 +541,7 @@ impl<'a> Rows<'a> {
 #[derive(Default)]
 struct Scratch {
     scores: Vec<f32>,
+    queries: Vec<[f32; SCORE_ROWS]>,
     keys: Vec<f32>,
     values: Vec<f32>,
 }
@@ -614,6 +615,7 @@ fn attend(
 ) -> Vec<Partial> {
     let Scratch {
         scores,
+        queries,
         keys,
         values,
     } = scratch;
@@ -633,15 +635,20 @@ fn attend(
         .iter()
         .flat_map(|m| std::iter::repeat_n(m.end - start, group))
         .collect();
-    scores.clear();
-    scores.resize(rows.len() * padded, 0.0);
-    let queries = by_dimension(&rows, head_dim);
+    // Every score the softmax reads is written below (tiles up to the last
+    // member's end): the buffer is only grown, not cleared (zeroing it was
+    // a fifth of a long prompt's job setup).
+    if scores.len() < rows.len() * padded {
+        scores.resize(rows.len() * padded, 0.0);
+    }
+    let scores = &mut scores[..rows.len() * padded];
+    by_dimension(&rows, head_dim, queries);
     keys.resize(KEY_TILE * head_dim, 0.0);
     let stored_tiles = kv.keys.len() / (KEY_TILE * head_dim);
     for tile in 0..tiles.min(stored_tiles.saturating_sub(aligned / KEY_TILE)) {
         let at = (aligned + tile * KEY_TILE) * head_dim;
         let keys = kv.keys.get(at, KEY_TILE * head_dim, keys);
-        for (block, queries) in queries.iter().enumerate() {
+        for (block, queries) in queries.chunks_exact(head_dim).enumerate() {
             let r = block * SCORE_ROWS;
             let scores = &mut scores[r * padded..];
             match rows.len() - r {
@@ -734,16 +741,22 @@ fn tile_scores<const N: usize>(
     }
 }
 
-/// Each block of [`SCORE_ROWS`] query rows by dimension: `[block][d][row]`
-/// (rows past the last are zeros).
-fn by_dimension(rows: &[&[f32]], head_dim: usize) -> Vec<Vec<[f32; SCORE_ROWS]>> {
-    rows.chunks(SCORE_ROWS)
-        .map(|block| {
-            (0..head_dim)
-                .map(|d| std::array::from_fn(|n| block.get(n).map_or(0.0, |row| row[d])))
-                .collect()
-        })
-        .collect()
+/// Each block of [`SCORE_ROWS`] query rows by dimension, `[block][d][row]`,
+/// into `out`, a worker's buffer kept between jobs (rows past the last are
+/// zeros).
+fn by_dimension(rows: &[&[f32]], head_dim: usize, out: &mut Vec<[f32; SCORE_ROWS]>) {
+    out.clear();
+    out.resize(
+        rows.len().div_ceil(SCORE_ROWS) * head_dim,
+        [0.0; SCORE_ROWS],
+    );
+    for (block, out) in rows.chunks(SCORE_ROWS).zip(out.chunks_exact_mut(head_dim)) {
+        for (n, row) in block.iter().enumerate() {
+            for (out, &v) in out.iter_mut().zip(*row) {
+                out[n] = v;
+            }
+        }
+    }
 }
 
 /// Columns of the value rows one pass of [`weighted_sums`] takes, for

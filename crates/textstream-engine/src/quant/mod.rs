@@ -81,8 +81,8 @@ const TOKENS_PER_TASK: usize = 4;
 const LANE_TOKENS_PER_TASK: usize = 8;
 /// Tokens a lane-block kernel call takes at once in a prompt (half as many
 /// for a batch of 16 to 31): each unpacked pair serves 4 times as many
-/// tokens. The accumulators live in memory past 8 tokens (the compiler
-/// does not unroll the tokens), so more tokens cost no registers. Measured
+/// tokens. The accumulators live in memory (the compiler does not unroll
+/// the loop over tokens, at 8 either), so more tokens cost no registers. Measured
 /// in cache on this file's AVX-512 machine against 8 at once, 128 tokens,
 /// the variants alternating in one process: Q8_0 +16 %, Q5_0 +19 %, Q4_1
 /// +9 %, Q6_K +16 % (64 at once was no better); Qwen2.5-Coder's 1,024-token
@@ -570,7 +570,8 @@ impl Matrix {
     /// The product for several tokens (a prompt, or one token of each of a
     /// batch of sequences): tasks are tiles of rows (about [`TILE_BYTES`] of
     /// weights, which stay in cache) against blocks of up to [`TOKEN_BLOCK`]
-    /// tokens, each pair of weights unpacked once for [`TOKENS_PER_TASK`] (or [`LANE_TOKENS_PER_TASK`])
+    /// tokens, each pair of weights unpacked once for [`TOKENS_PER_TASK`] (on lane
+    /// blocks [`LANE_TOKENS_PER_TASK`], in prompts [`LANE_PROMPT_TOKENS`])
     /// tokens. Splitting rows, not only tokens, reads the weights once per
     /// block of tokens and keeps both cores busy from two tokens up. Each
     /// task writes its results in place in `out` (no tile to copy after).

@@ -151,8 +151,8 @@ const LANE_PREFETCH_BYTES: usize = 1024;
 /// vector: no horizontal sum, no scale per lane, no unpacking per token.
 /// A type whose offset is an integer (`q - zero`: Q4_0, Q5_0, Q8_0, Q3_K,
 /// Q6_K) starts each integer sum at `-zero * Σ qx`, so the offset costs no
-/// float operation (in cache, 128 tokens: Q8_0 +3-5 %, Q5_0 +3-5 %, Q6_K
-/// +6-10 % against a second multiply-add per group). Each token's
+/// float operation (in cache, 8 and 128 tokens: Q8_0 +3-5 %, Q5_0 +3-5 %,
+/// Q6_K +6-11 % against a second multiply-add per group). Each token's
 /// arithmetic is the same whatever `T` is.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 pub(super) fn dot_lanes<const F: u8, const T: usize>(

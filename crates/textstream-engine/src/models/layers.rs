@@ -781,7 +781,7 @@ fn weighted_sums<const D: usize>(
     block: &[f32],
     outs: &mut [&mut [f32]],
 ) {
-    const { assert!(D % SUM_COLUMNS == 0, "whole passes of columns") };
+    const { assert!(D.is_multiple_of(SUM_COLUMNS), "whole passes of columns") };
     let (block, _) = block.as_chunks::<D>();
     for (probabilities, outs) in probabilities
         .chunks(SUM_ROWS)

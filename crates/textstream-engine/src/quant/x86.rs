@@ -233,51 +233,32 @@ pub(super) fn dot_lanes<const F: u8, const T: usize>(
             for t in 0..T {
                 let x = &xs[t][i];
                 let q: [i32; 16] = bytemuck::cast(x.q);
-                if let Some(zero) = layout.zero() {
-                    // `zero * Σ qx` subtracted in the integer sums (they
-                    // start at it), as ggml's integer `q - zero` does.
-                    let zero = zero as i32;
-                    if per32 {
-                        for h in 0..2 {
-                            let count = x.counts[2 * h] + x.counts[2 * h + 1];
-                            let mut dots = _mm512_set1_epi32(-zero * count);
-                            for c in 8 * h..8 * h + 8 {
-                                dots = _mm512_dpbusd_epi32(dots, v[c], _mm512_set1_epi32(q[c]));
-                            }
-                            let scale = _mm512_mul_ps(a[2 * h], _mm512_set1_ps(x.scales[8 * h]));
-                            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[t]);
+                // Groups of `width` vectors (4 values each) share a weight
+                // scale: 32 values, or 16 for types with a scale per 16.
+                let width = if per32 { 8 } else { 4 };
+                for g in 0..16 / width {
+                    let (first, quarter) = (width * g, width * g / 4);
+                    let mut dots = match layout.zero() {
+                        // `zero * Σ qx` subtracted in the integer sums (they
+                        // start at it), as ggml's integer `q - zero` does.
+                        Some(zero) => {
+                            let count: i32 = x.counts[quarter..][..width / 4].iter().sum();
+                            _mm512_set1_epi32(-(zero as i32) * count)
                         }
-                    } else {
-                        for (g, a) in a.iter().enumerate() {
-                            let mut dots = _mm512_set1_epi32(-zero * x.counts[g]);
-                            for c in 4 * g..4 * g + 4 {
-                                dots = _mm512_dpbusd_epi32(dots, v[c], _mm512_set1_epi32(q[c]));
-                            }
-                            let scale = _mm512_mul_ps(*a, _mm512_set1_ps(x.scales[8 * (g / 2)]));
-                            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[t]);
-                        }
+                        None => _mm512_setzero_si512(),
+                    };
+                    for c in first..first + width {
+                        dots = _mm512_dpbusd_epi32(dots, v[c], _mm512_set1_epi32(q[c]));
                     }
-                } else if per32 {
-                    let sums = x.block_sums(rounded);
-                    for h in 0..2 {
-                        let mut dots = _mm512_setzero_si512();
-                        for c in 8 * h..8 * h + 8 {
-                            dots = _mm512_dpbusd_epi32(dots, v[c], _mm512_set1_epi32(q[c]));
-                        }
-                        let scale = _mm512_mul_ps(a[2 * h], _mm512_set1_ps(x.scales[8 * h]));
-                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[t]);
-                        acc[t] = _mm512_fmadd_ps(b[2 * h], _mm512_set1_ps(sums[h]), acc[t]);
-                    }
-                } else {
-                    let sums = x.sums(rounded);
-                    for g in 0..4 {
-                        let mut dots = _mm512_setzero_si512();
-                        for c in 4 * g..4 * g + 4 {
-                            dots = _mm512_dpbusd_epi32(dots, v[c], _mm512_set1_epi32(q[c]));
-                        }
-                        let scale = _mm512_mul_ps(a[g], _mm512_set1_ps(x.scales[8 * (g / 2)]));
-                        acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[t]);
-                        acc[t] = _mm512_fmadd_ps(b[g], _mm512_set1_ps(sums[g]), acc[t]);
+                    let x_scale = _mm512_set1_ps(x.scales[8 * (first / 8)]);
+                    let scale = _mm512_mul_ps(a[quarter], x_scale);
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc[t]);
+                    if layout.zero().is_none() {
+                        let sum = match per32 {
+                            true => x.block_sums(rounded)[g],
+                            false => x.sums(rounded)[g],
+                        };
+                        acc[t] = _mm512_fmadd_ps(b[quarter], _mm512_set1_ps(sum), acc[t]);
                     }
                 }
             }

@@ -875,17 +875,17 @@ impl Transformer {
             rms_norm(last, &self.output_norm, h.rms_eps, normed);
         }
         let output = self.output.as_ref().unwrap_or(&self.embedding);
-        let mut logits = vec![0.0; last.len() / h.hidden * output.rows()];
-        output.matmul(&normed, &mut logits, acts);
-        if logits.len() == output.rows() {
-            // One sequence: its logits as they are (a copy was 1 MB a token
-            // for Gemma 3's vocabulary).
-            return vec![logits];
-        }
+        // Each sequence's logits written in place (one buffer for all,
+        // copied out, was 3 % of a step of 8 SmolLM2 sequences).
+        let mut logits: Vec<Vec<f32>> = (0..last.len() / h.hidden)
+            .map(|_| vec![0.0; output.rows()])
+            .collect();
+        output.matmul_rows(
+            &normed,
+            logits.iter_mut().map(Vec::as_mut_slice).collect(),
+            acts,
+        );
         logits
-            .chunks_exact(output.rows())
-            .map(<[f32]>::to_vec)
-            .collect()
     }
 }
 

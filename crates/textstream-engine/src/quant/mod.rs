@@ -151,6 +151,7 @@ impl Tier {
                 Self::Avx512Vnni => {
                     avx2 && is_x86_feature_detected!("avx512f")
                         && is_x86_feature_detected!("avx512bw")
+                        && is_x86_feature_detected!("avx512vl")
                         && is_x86_feature_detected!("avx512vnni")
                 }
             }
@@ -541,9 +542,31 @@ impl Matrix {
     ///
     /// If `x` is not whole rows of `cols` or `out` is not as many rows of `rows`.
     pub fn matmul(&self, x: &[f32], out: &mut [f32], scratch: &mut Activations) {
+        assert_eq!(
+            out.len(),
+            x.len() / self.cols * self.rows,
+            "output is not whole rows"
+        );
+        self.matmul_rows(x, out.chunks_exact_mut(self.rows).collect(), scratch);
+    }
+
+    /// [`Self::matmul`] with each token's output a buffer of its own
+    /// (`outs[t]`, `rows` long): a batch's logits go straight into each
+    /// sequence's vector, not through one buffer copied out.
+    ///
+    /// # Panics
+    ///
+    /// If `x` is not whole rows of `cols`, or `outs` is not one row of `rows`
+    /// per token.
+    pub fn matmul_rows(&self, x: &[f32], mut outs: Vec<&mut [f32]>, scratch: &mut Activations) {
         let tokens = x.len() / self.cols;
         assert_eq!(x.len(), tokens * self.cols, "input is not whole rows");
-        assert_eq!(out.len(), tokens * self.rows, "output is not whole rows");
+        assert_eq!(outs.len(), tokens, "one output row per token");
+        assert!(
+            outs.iter().all(|out| out.len() == self.rows),
+            "output rows of {} values",
+            self.rows
+        );
         if self
             .segments
             .iter()
@@ -552,26 +575,28 @@ impl Matrix {
             scratch.quantize(x, self.cols);
         }
         let act = &*scratch;
-        if tokens == 1 {
-            // Split every segment's rows into tasks, over all segments at once.
-            let mut tasks = Vec::new();
-            let mut rest = out;
-            for segment in &self.segments {
-                for first in (0..segment.rows).step_by(ROWS_PER_TASK) {
-                    let n = ROWS_PER_TASK.min(segment.rows - first);
-                    let (task, tail) = rest.split_at_mut(n);
-                    tasks.push((segment, first, task));
-                    rest = tail;
+        match outs.as_mut_slice() {
+            [] => {}
+            [out] => {
+                // Split every segment's rows into tasks, over all segments at once.
+                let mut tasks = Vec::new();
+                let mut rest = &mut **out;
+                for segment in &self.segments {
+                    for first in (0..segment.rows).step_by(ROWS_PER_TASK) {
+                        let n = ROWS_PER_TASK.min(segment.rows - first);
+                        let (task, tail) = std::mem::take(&mut rest).split_at_mut(n);
+                        tasks.push((segment, first, task));
+                        rest = tail;
+                    }
                 }
+                crate::team::for_each(tasks, 1, |(segment, first, out)| {
+                    vectorized(
+                        #[inline(always)]
+                        || segment.rows_dot(self, first, out, x, act),
+                    )
+                });
             }
-            crate::team::for_each(tasks, 1, |(segment, first, out)| {
-                vectorized(
-                    #[inline(always)]
-                    || segment.rows_dot(self, first, out, x, act),
-                )
-            });
-        } else {
-            self.tiled(tokens, x, out, act);
+            _ => self.tiled(x, outs, act),
         }
     }
 
@@ -583,7 +608,8 @@ impl Matrix {
     /// tokens. Splitting rows, not only tokens, reads the weights once per
     /// block of tokens and keeps both cores busy from two tokens up. Each
     /// task writes its results in place in `out` (no tile to copy after).
-    fn tiled(&self, tokens: usize, x: &[f32], out: &mut [f32], act: &Activations) {
+    fn tiled(&self, x: &[f32], mut outs: Vec<&mut [f32]>, act: &Activations) {
+        let tokens = outs.len();
         // (segment, its first row, rows): in order, they cover the matrix.
         let mut tiles = Vec::new();
         let tasks = rayon::current_num_threads() * LANE_TASKS_PER_THREAD;
@@ -609,10 +635,9 @@ impl Matrix {
         // (a block of tokens against a tile, block by block), so each task
         // writes its results in place.
         let mut pieces: Vec<&mut [f32]> = Vec::with_capacity(tokens * tiles.len());
-        for block in out.chunks_mut(TOKEN_BLOCK * self.rows) {
-            let mut rows: Vec<&mut [f32]> = block.chunks_exact_mut(self.rows).collect();
+        for rows in outs.chunks_mut(TOKEN_BLOCK) {
             for &(_, _, n) in &tiles {
-                for row in &mut rows {
+                for row in rows.iter_mut() {
                     let (piece, rest) = std::mem::take(row).split_at_mut(n);
                     pieces.push(piece);
                     *row = rest;
@@ -1212,6 +1237,16 @@ impl Activations {
             .zip(x.chunks_exact(cols))
             .collect();
         crate::team::for_each(tokens, TOKENS_PER_TASK, |(pairs, x)| {
+            #[cfg(target_arch = "x86_64")]
+            if Tier::selected() == Ok(Tier::Avx512Vnni) {
+                // SAFETY: `Tier::selected` grants AVX-512 VNNI only where
+                // `Tier::supported` found its features on this CPU.
+                #[allow(unsafe_code)]
+                unsafe {
+                    x86::quantize_token(x, pairs)
+                };
+                return;
+            }
             vectorized(
                 #[inline(always)]
                 || quantize_token(x, pairs),

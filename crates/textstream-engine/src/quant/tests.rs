@@ -478,6 +478,63 @@ proptest! {
     }
 }
 
+/// A pair's record as bits, to compare two roundings exactly.
+fn pair_bits(pair: &XPair) -> (Vec<u8>, Vec<u32>, [i32; 4]) {
+    let floats = pair
+        .scales
+        .iter()
+        .chain(&pair.exact)
+        .chain(&pair.rounded)
+        .chain(&pair.exact_blocks)
+        .chain(&pair.rounded_blocks)
+        .map(|f| f.to_bits())
+        .collect();
+    (pair.q.to_vec(), floats, pair.counts)
+}
+
+proptest! {
+    /// The AVX-512 rounding of a token's activations writes exactly the
+    /// records the generic one does, whole pairs and a last partial one
+    /// alike, whatever the values.
+    #[test]
+    fn avx512_token_rounding_is_the_generic_rounding(
+        blocks in proptest::collection::vec(
+            prop_oneof![
+                // Any values at all.
+                proptest::collection::vec(any_activation(), BLOCK),
+                // Only denormals and zeros: the maximum itself is denormal.
+                proptest::collection::vec(
+                    prop_oneof![(0u32..0x0080_0000).prop_map(f32::from_bits), Just(-0.0f32)],
+                    BLOCK,
+                ),
+                // A maximum of 127 * 2^e, the rest exactly halfway between
+                // two lanes (ties round away from zero).
+                (-4i32..4, proptest::collection::vec(-127i32..127, BLOCK - 1)).prop_map(|(e, ks)| {
+                    let s = 2f32.powi(e);
+                    std::iter::once(127.0 * s).chain(ks.into_iter().map(|k| (k as f32 + 0.5) * s)).collect()
+                }),
+            ],
+            0..10,
+        ),
+        tail in proptest::collection::vec(any_activation(), 0..BLOCK),
+    ) {
+        if !Tier::Avx512Vnni.supported() {
+            return Ok(());
+        }
+        // Whole blocks, then a partial one (rounded as zeros).
+        let x: Vec<f32> = blocks.into_iter().flatten().chain(tail).collect();
+        let pairs = x.len().div_ceil(PAIR);
+        let (mut fast, mut slow) = (vec![EMPTY_PAIR; pairs], vec![EMPTY_PAIR; pairs]);
+        #[allow(unsafe_code)]
+        // SAFETY: the CPU has the tier's features (checked above).
+        unsafe { x86::quantize_token(&x, &mut fast) };
+        quantize_token(&x, &mut slow);
+        for (p, (f, s)) in fast.iter().zip(&slow).enumerate() {
+            prop_assert_eq!(pair_bits(f), pair_bits(s), "pair {} of {}", p, pairs);
+        }
+    }
+}
+
 /// The bits a float has, with every NaN as one (conversions may differ in
 /// a NaN's payload, never in whether it is one).
 fn float_bits(v: f32) -> u32 {

@@ -10,7 +10,7 @@
 use std::arch::x86_64::*;
 
 use super::layout::{QuantType, Scales, LANES, PAIR};
-use super::{Pairs, F16_MAX};
+use super::{Pairs, XPair, F16_MAX};
 
 /// How far ahead the AVX-512 kernel prefetches weights, in calls' worth of
 /// rows (2: measured best of 1, 2 and 4 by `benches/kernels.rs`).
@@ -590,6 +590,151 @@ pub(super) fn narrow_f16(src: &[f32], dst: &mut [u16]) {
     for (&f, o) in rest.iter().zip(out_rest) {
         *o = half::f16::from_f32(f.clamp(-F16_MAX, F16_MAX)).to_bits();
     }
+}
+
+/// One token's activations rounded into its pairs, exactly as
+/// `quant::quantize_token` rounds them (the same f32 operations, bit for
+/// bit), a pair's two blocks at a time in AVX-512 registers: their maxima,
+/// scales and sums reduced together, the scales rounded to f16 by F16C.
+/// Compiled from the generic code, each block's maximum and sums were
+/// reduced one lane at a time and its f16 roundings were scalar bit
+/// operations with branches (~1.2 ns a value; one token's activations are
+/// rounded on one thread before every product of a decode step).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) fn quantize_token(x: &[f32], pairs: &mut [XPair]) {
+    let (whole, _) = x.as_chunks::<PAIR>();
+    let done = whole.len().min(pairs.len());
+    for (values, pair) in whole.iter().zip(pairs.iter_mut()) {
+        quantize_pair(values, pair);
+    }
+    // A pair that is not whole (its blocks partly or not at all in `x`).
+    if done < pairs.len() {
+        super::quantize_token(&x[done * PAIR..], &mut pairs[done..]);
+    }
+}
+
+/// `x` rounded to the nearest f16 (ties to even; past the largest finite
+/// one, infinity), as f32, lane by lane: F16C's conversion, which is IEEE's
+/// (`math::round_to_f16` computes the same in scalar bit operations).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+fn round_to_f16_x16(x: __m512) -> __m512 {
+    _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+}
+
+/// The same for 4 lanes.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+fn round_to_f16_x4(x: __m128) -> __m128 {
+    _mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))
+}
+
+/// One whole pair of `quant::quantize_token`: two blocks of 32 values.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+fn quantize_pair(values: &[f32; PAIR], pair: &mut XPair) {
+    let (quarters, _) = values.as_chunks::<16>();
+    let v: [__m512; 4] = std::array::from_fn(|k| bytemuck::cast(quarters[k]));
+    // Each block's largest magnitude: `max(|x|, m)` keeps `m` where `|x|`
+    // is NaN, as the generic comparison does; the maximum of the same
+    // values in any order is the same value.
+    let zero = _mm512_setzero_ps();
+    let m0 = _mm512_max_ps(
+        _mm512_abs_ps(v[1]),
+        _mm512_max_ps(_mm512_abs_ps(v[0]), zero),
+    );
+    let m1 = _mm512_max_ps(
+        _mm512_abs_ps(v[3]),
+        _mm512_max_ps(_mm512_abs_ps(v[2]), zero),
+    );
+    // Lanes 0-7 from block 0, 8-15 from block 1, then halved within each
+    // 8 until every lane holds its block's maximum.
+    let m = _mm512_max_ps(
+        _mm512_shuffle_f32x4::<0b01_00_01_00>(m0, m1),
+        _mm512_shuffle_f32x4::<0b11_10_11_10>(m0, m1),
+    );
+    let m = _mm512_max_ps(m, _mm512_shuffle_f32x4::<0b10_11_00_01>(m, m));
+    let m = _mm512_max_ps(m, _mm512_permute_ps::<0b01_00_11_10>(m));
+    let max = _mm512_max_ps(m, _mm512_permute_ps::<0b10_11_00_01>(m));
+    let scale = _mm512_div_ps(max, _mm512_set1_ps(super::ACTIVATION_MAX));
+    let nonzero = _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(scale, zero);
+    let inverse = _mm512_maskz_div_ps(nonzero, _mm512_set1_ps(1.0), scale);
+    let inverses = [
+        _mm512_shuffle_f32x4::<0b00_00_00_00>(inverse, inverse),
+        _mm512_shuffle_f32x4::<0b10_10_10_10>(inverse, inverse),
+    ];
+    let sign = _mm512_set1_epi32(i32::MIN);
+    let one = _mm512_castps_si512(_mm512_set1_ps(1.0));
+    let q: [__m512i; 4] = std::array::from_fn(|k| {
+        let v = _mm512_mul_ps(v[k], inverses[k / 2]);
+        // Halves away from zero, as `f32::round`: the truncation, one more
+        // (with v's sign) where the part cut off is at least a half (exact:
+        // a float minus its truncation is).
+        let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+        let cut = _mm512_abs_ps(_mm512_sub_ps(v, t));
+        let up = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(cut, _mm512_set1_ps(0.5));
+        let signed_one = _mm512_castsi512_ps(_mm512_or_si512(
+            _mm512_and_si512(_mm512_castps_si512(v), sign),
+            one,
+        ));
+        let r = _mm512_mask_add_ps(t, up, t, signed_one);
+        // NaN to 0, then into i8's range.
+        let r = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(r, r), r);
+        let r = _mm512_min_ps(
+            _mm512_max_ps(r, _mm512_set1_ps(-128.0)),
+            _mm512_set1_ps(127.0),
+        );
+        _mm512_cvttps_epi32(r)
+    });
+    for (k, &q) in q.iter().enumerate() {
+        pair.q[k * 16..][..16]
+            .copy_from_slice(&bytemuck::cast::<_, [u8; 16]>(_mm512_cvtepi32_epi8(q)));
+    }
+    // The four halves' sums: pairs of vectors folded into one, then within
+    // each 128-bit lane, until lane 4k holds half k's sum.
+    let fold = |a: __m512i, b: __m512i| {
+        _mm512_add_epi32(
+            _mm512_shuffle_i32x4::<0b01_00_01_00>(a, b),
+            _mm512_shuffle_i32x4::<0b11_10_11_10>(a, b),
+        )
+    };
+    let (s01, s23) = (fold(q[0], q[1]), fold(q[2], q[3]));
+    let s = _mm512_add_epi32(
+        _mm512_shuffle_i32x4::<0b10_00_10_00>(s01, s23),
+        _mm512_shuffle_i32x4::<0b11_01_11_01>(s01, s23),
+    );
+    let s = _mm512_add_epi32(s, _mm512_shuffle_epi32::<0b01_00_11_10>(s));
+    let s = _mm512_add_epi32(s, _mm512_shuffle_epi32::<0b10_11_00_01>(s));
+    let counts = _mm512_castsi512_si128(_mm512_permutexvar_epi32(
+        _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        s,
+    ));
+    pair.counts = bytemuck::cast(counts);
+    // Lanes 0-7 hold block 0's scale, 8-15 block 1's: the record's layout.
+    let scales = round_to_f16_x16(scale);
+    pair.scales = bytemuck::cast(scales);
+    // Each half's scale: [block 0, block 0, block 1, block 1].
+    let half_scales = _mm512_castps512_ps128(_mm512_permutexvar_ps(
+        _mm512_setr_epi32(0, 0, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        scales,
+    ));
+    let exact = _mm_mul_ps(half_scales, _mm_cvtepi32_ps(counts));
+    pair.exact = bytemuck::cast(exact);
+    // Each block's count in both of its halves' lanes: [c0+c1, c0+c1, c2+c3, c2+c3].
+    let block_counts = _mm_add_epi32(counts, _mm_shuffle_epi32::<0b10_11_00_01>(counts));
+    let rounded_sum = round_to_f16_x4(_mm_mul_ps(
+        round_to_f16_x4(_mm_cvtepi32_ps(block_counts)),
+        half_scales,
+    ));
+    let rounded = _mm_div_ps(rounded_sum, _mm_set1_ps(2.0));
+    pair.rounded = bytemuck::cast(rounded);
+    // Each block's two halves added: lanes 0 and 2.
+    let exact_blocks = _mm_add_ps(exact, _mm_shuffle_ps::<0b10_11_00_01>(exact, exact));
+    let rounded_blocks = _mm_add_ps(rounded, _mm_shuffle_ps::<0b10_11_00_01>(rounded, rounded));
+    let (e, r): ([f32; 4], [f32; 4]) =
+        (bytemuck::cast(exact_blocks), bytemuck::cast(rounded_blocks));
+    pair.exact_blocks = [e[0], e[2]];
+    pair.rounded_blocks = [r[0], r[2]];
 }
 
 /// Runs `f` with AVX-512 enabled (see `quant::vectorized`).

@@ -45,6 +45,13 @@ const PREFETCH_ROWS: usize = 32;
 /// one slot run as one job (each key and value read once for them all).
 const QUERY_BLOCK: usize = 4;
 
+/// Values of attention's pieces up to which the calling thread merges them
+/// alone (one SmolLM2 sequence's decode step: 3 pieces of 192 values) instead
+/// of in a parallel region: one sequence's steps 1-2 % faster, alternating
+/// in one process. (Its jobs, by contrast, gain from the region: run on one
+/// thread, the step was 3 % slower.)
+const SERIAL_MERGE_VALUES: usize = 4096;
+
 /// Tokens one parallel task of the gated activation takes at least: a
 /// batch of 8 decode steps splits in two (at 8 it ran on one thread while
 /// the other waited: steps of 8 SmolLM2 sequences 1.2-1.7 %
@@ -410,8 +417,14 @@ impl LayerCache {
                 );
                 (partials, outs)
             });
+        // Merging a decode step's few pieces is a few hundred multiplies:
+        // less than opening a region for them costs.
+        let merge_len = match pieces.len() * group_width <= SERIAL_MERGE_VALUES {
+            true => usize::MAX,
+            false => min_len,
+        };
         let outs: Vec<_> = out.chunks_mut(group_width).zip(&groups).collect();
-        crate::team::for_each(outs, min_len, |(out, range)| {
+        crate::team::for_each(outs, merge_len, |(out, range)| {
             let parts = range.clone().map(|p| {
                 let (job, k) = located[p];
                 let (partials, outs) = &done[job];

@@ -62,8 +62,8 @@ use pages::Bytes;
 
 /// Largest magnitude of a rounded activation (signed 8 bits, symmetric).
 const ACTIVATION_MAX: f32 = 127.0;
-/// Rows one parallel task takes in a single-token product: enough work
-/// (tens of microseconds) that a task outweighs its scheduling.
+/// Rows one parallel task takes at least (and a several-token product's
+/// tile at most, but on lane blocks in prompts).
 const ROWS_PER_TASK: usize = 64;
 /// Rows a kernel call takes at once in a single-token product: their loads
 /// overlap, and they share the activation's.
@@ -99,11 +99,17 @@ const TILE_BYTES: usize = 16 << 10;
 /// 665-701 ms, Qwen2.5-Coder 1,888-2,105 -> 1,841-1,965, SmolLM2 946-989 ->
 /// 848-947, against 16 KiB).
 const LANE_PROMPT_TILE_BYTES: usize = 64 << 10;
-/// Tasks per thread of a product whose tokens take one pass of the lane
-/// kernel (a decode step of up to [`LANE_TOKENS_PER_TASK`] sequences): each
-/// lane block is read once whatever the tiles, so tiles only share the work
-/// out, and fewer of them cost less to hand out.
-const LANE_TASKS_PER_THREAD: usize = 8;
+/// Tasks per thread of a product of one token, or of tokens that take one
+/// pass of the lane kernel (a decode step of up to [`LANE_TOKENS_PER_TASK`]
+/// sequences): each row is read once whatever the tasks, so tasks only
+/// share the work out, and each costs its start (a new stream of weights,
+/// an output piece, a call). One SmolLM2 sequence's step with 64-row tasks
+/// (768 for the output matrix) against 2 per thread, alternating in one
+/// process: 3.59-3.77 -> 3.16-3.33 ms; 8 sequences, 8 tasks per thread
+/// against 1: -3.4 to -4.6 % (4 sequences -6 to -11 %). One per thread was
+/// 1-2 % faster again; 2 leave a thread that the OS has taken away half
+/// as much of a product to wait for.
+const DECODE_TASKS_PER_THREAD: usize = 2;
 /// The most rows one task of a prompt's product on lane blocks takes (its
 /// [`LANE_PROMPT_TILE_BYTES`] permitting): fewer tasks, and fewer output
 /// pieces to lay out, than at [`ROWS_PER_TASK`] (1,024-token prefills,
@@ -588,9 +594,16 @@ impl Matrix {
                 // Split every segment's rows into tasks, over all segments at once.
                 let mut tasks = Vec::new();
                 let mut rest = &mut **out;
+                let parts = rayon::current_num_threads() * DECODE_TASKS_PER_THREAD;
                 for segment in &self.segments {
-                    for first in (0..segment.rows).step_by(ROWS_PER_TASK) {
-                        let n = ROWS_PER_TASK.min(segment.rows - first);
+                    // Whole lane blocks (a multiple of the kernels' rows at once).
+                    let per_task = segment
+                        .rows
+                        .div_ceil(parts)
+                        .next_multiple_of(LANES)
+                        .max(ROWS_PER_TASK);
+                    for first in (0..segment.rows).step_by(per_task) {
+                        let n = per_task.min(segment.rows - first);
                         let (task, tail) = std::mem::take(&mut rest).split_at_mut(n);
                         tasks.push((segment, first, task));
                         rest = tail;
@@ -619,7 +632,7 @@ impl Matrix {
         let tokens = outs.len();
         // (segment, its first row, rows): in order, they cover the matrix.
         let mut tiles = Vec::new();
-        let tasks = rayon::current_num_threads() * LANE_TASKS_PER_THREAD;
+        let tasks = rayon::current_num_threads() * DECODE_TASKS_PER_THREAD;
         for segment in &self.segments {
             let tile_bytes = match segment.lanes() && tokens >= LANE_PROMPT_TOKENS {
                 true => LANE_PROMPT_TILE_BYTES,

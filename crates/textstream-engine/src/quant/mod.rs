@@ -100,16 +100,25 @@ const TILE_BYTES: usize = 16 << 10;
 /// 848-947, against 16 KiB).
 const LANE_PROMPT_TILE_BYTES: usize = 64 << 10;
 /// Tasks per thread of a product of one token, or of tokens that take one
-/// pass of the lane kernel (a decode step of up to [`LANE_TOKENS_PER_TASK`]
-/// sequences): each row is read once whatever the tasks, so tasks only
+/// call of the lane kernel (a decode step of 2, 4, 8 or 16 sequences): each
+/// row is read once whatever the tasks, so tasks only
 /// share the work out, and each costs its start (a new stream of weights,
 /// an output piece, a call). One SmolLM2 sequence's step with 64-row tasks
 /// (768 for the output matrix) against 2 per thread, alternating in one
 /// process: 3.59-3.77 -> 3.16-3.33 ms; 8 sequences, 8 tasks per thread
-/// against 1: -3.4 to -4.6 % (4 sequences -6 to -11 %). One per thread was
+/// against 1: -3.4 to -4.6 % (4 sequences -6 to -11 %); 16 sequences at 2
+/// per thread against 16 KiB tiles: SmolLM2 -5 to -6 %, Qwen2.5-Coder -6 to
+/// -10 %, Gemma 3 -2 to -7 %. One per thread was
 /// 1-2 % faster again; 2 leave a thread that the OS has taken away half
 /// as much of a product to wait for.
 const DECODE_TASKS_PER_THREAD: usize = 2;
+/// Tasks per thread of a product of up to [`LANE_TOKENS_PER_TASK`] tokens
+/// that take several calls of the lane kernel (3, 5, 6 or 7): small enough
+/// tiles that each stays in cache from one call to the next.
+const SHARED_TASKS_PER_THREAD: usize = 8;
+/// Tokens of the lane kernel's call after those of [`LANE_PROMPT_TOKENS`]:
+/// 16 to 31 tokens (a batch of sequences) take one call of 16 first.
+const LANE_HALF_TOKENS: usize = LANE_PROMPT_TOKENS / 2;
 /// The most rows one task of a prompt's product on lane blocks takes (its
 /// [`LANE_PROMPT_TILE_BYTES`] permitting): fewer tasks, and fewer output
 /// pieces to lay out, than at [`ROWS_PER_TASK`] (1,024-token prefills,
@@ -632,7 +641,7 @@ impl Matrix {
         let tokens = outs.len();
         // (segment, its first row, rows): in order, they cover the matrix.
         let mut tiles = Vec::new();
-        let tasks = rayon::current_num_threads() * DECODE_TASKS_PER_THREAD;
+        let threads = rayon::current_num_threads();
         for segment in &self.segments {
             let tile_bytes = match segment.lanes() && tokens >= LANE_PROMPT_TOKENS {
                 true => LANE_PROMPT_TILE_BYTES,
@@ -647,8 +656,20 @@ impl Matrix {
             if segment.lanes() {
                 // Whole lane blocks.
                 per_tile = per_tile.max(LANES) / LANES * LANES;
-                if tokens <= LANE_TOKENS_PER_TASK {
-                    per_tile = per_tile.max(segment.rows.div_ceil(tasks).next_multiple_of(LANES));
+                // Tokens that take one call of the lane kernel read each lane
+                // block once, whatever the tiles: a few large tasks. Tokens
+                // that take several calls read a tile once per call: tiles
+                // that stay in the core's L2 (at 2 tasks a thread, 3, 6 or 7
+                // Qwen2.5-Coder sequences were 4-14 % slower).
+                let parts = match tokens {
+                    1 | 2 | TOKENS_PER_TASK | LANE_TOKENS_PER_TASK | LANE_HALF_TOKENS => {
+                        Some(threads * DECODE_TASKS_PER_THREAD)
+                    }
+                    _ if tokens <= LANE_TOKENS_PER_TASK => Some(threads * SHARED_TASKS_PER_THREAD),
+                    _ => None,
+                };
+                if let Some(parts) = parts {
+                    per_tile = per_tile.max(segment.rows.div_ceil(parts).next_multiple_of(LANES));
                 }
             }
             for first in (0..segment.rows).step_by(per_tile) {
@@ -1040,9 +1061,8 @@ impl Segment {
                 while *lanes && count - t >= LANE_PROMPT_TOKENS {
                     tokens!(lane_rows, LANE_PROMPT_TOKENS);
                 }
-                const HALF: usize = LANE_PROMPT_TOKENS / 2;
-                if *lanes && count - t >= HALF {
-                    tokens!(lane_rows, HALF);
+                if *lanes && count - t >= LANE_HALF_TOKENS {
+                    tokens!(lane_rows, LANE_HALF_TOKENS);
                 }
                 while *lanes && count - t >= LANE_TOKENS_PER_TASK {
                     tokens!(lane_rows, LANE_TOKENS_PER_TASK);

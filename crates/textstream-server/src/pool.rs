@@ -88,6 +88,7 @@ impl Batcher {
             delay: self.token_delay,
             metrics: Arc::clone(&self.metrics),
             admitted: false,
+            released: false,
         };
         let submitted = self
             .scheduler
@@ -123,6 +124,9 @@ struct Metered {
     metrics: Arc<Metrics>,
     /// The scheduler started the request (its prompt was put).
     admitted: bool,
+    /// The request no longer counts as queued or busy: it ended (its
+    /// streamer finished or failed, or was dropped).
+    released: bool,
 }
 
 impl Metered {
@@ -134,6 +138,20 @@ impl Metered {
         self.metrics
             .tokens_generated
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The request leaves the queue's count or the busy workers' once: when
+    /// it ends, before its client can see the end (dropping the streamer
+    /// came after the response was complete, so `/metrics` read right after
+    /// it could still count the request as busy), or when dropped unended.
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.released, true) {
+            return;
+        }
+        match self.admitted {
+            true => self.metrics.busy_workers.fetch_sub(1, Ordering::Relaxed),
+            false => self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed),
+        };
     }
 
     fn count_closed(&self, result: Result<(), Closed>) -> Result<(), Closed> {
@@ -173,12 +191,14 @@ impl Streamer for Metered {
     }
 
     fn finish(&mut self, reason: FinishReason) {
+        self.release();
         self.inner.finish(reason);
     }
 
     fn fail(&mut self, error: Box<dyn std::error::Error + Send + Sync>) {
         tracing::warn!(%error, "generation failed");
         self.metrics.failed.fetch_add(1, Ordering::Relaxed);
+        self.release();
         self.inner.fail(error);
     }
 }
@@ -187,9 +207,6 @@ impl Drop for Metered {
     fn drop(&mut self) {
         // The scheduler drops a request's streamer when it ends, or never
         // started it (a bad request, a shutdown).
-        match self.admitted {
-            true => self.metrics.busy_workers.fetch_sub(1, Ordering::Relaxed),
-            false => self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed),
-        };
+        self.release();
     }
 }

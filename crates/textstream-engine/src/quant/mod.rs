@@ -1286,9 +1286,11 @@ impl Activations {
             .chunks_mut(self.per_token)
             .zip(x.chunks_exact(cols))
             .collect();
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = Tier::selected() == Ok(Tier::Avx512Vnni);
         crate::team::for_each(tokens, TOKENS_PER_TASK, |(pairs, x)| {
             #[cfg(target_arch = "x86_64")]
-            if Tier::selected() == Ok(Tier::Avx512Vnni) {
+            if avx512 {
                 // SAFETY: `Tier::selected` grants AVX-512 VNNI only where
                 // `Tier::supported` found its features on this CPU.
                 #[allow(unsafe_code)]

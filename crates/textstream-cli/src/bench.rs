@@ -85,6 +85,39 @@ fn print_limits(ours: &Value) {
         "weights read per token {mib:.1} MiB: decode bound {limit:.1} tok/s; reached {}",
         shares.join(", ")
     );
+    print_compute_limits(ours, &runs);
+}
+
+/// The compute peak of the kernels' instructions, and how close prefill
+/// (compute-bound) came to the bound it sets on the products alone.
+fn print_compute_limits(ours: &Value, runs: &[Value]) {
+    let (Some(int8), Some(f32)) = (
+        number(ours, "int8_peak_g_s"),
+        number(ours, "f32_fma_peak_g_s"),
+    ) else {
+        return;
+    };
+    println!("compute peak: int8 {int8:.0} G multiply-adds/s, f32 {f32:.0} G multiply-adds/s");
+    let Some(macs) = number(ours, "prompt_macs_per_token") else {
+        return;
+    };
+    let shares: Vec<String> = runs
+        .iter()
+        .filter_map(|r| {
+            let bound = number(r, "prefill_bound_tok_s")?;
+            Some(format!(
+                "{bound:.0} tok/s at {} (reached {:.0} %)",
+                r["prompt_tokens"],
+                100.0 * number(r, "prefill_tok_s")? / bound
+            ))
+        })
+        .collect();
+    println!(
+        "products {:.1} M multiply-adds a prompt token; prefill bound (products at the \
+         int8 peak, attention at the f32 peak): {}",
+        macs / 1e6,
+        shares.join(", ")
+    );
 }
 
 fn number(value: &Value, key: &str) -> Option<f64> {
@@ -100,7 +133,7 @@ fn print_table(ours: &Value, theirs: Option<&Value>) {
         .chain(theirs.map(|t| ("llama.cpp", t)))
         .collect();
     println!(
-        "{:<8} {:<11} {:>9} {:>9} {:>13} {:>12} {:>10} {:>13}",
+        "{:<8} {:<11} {:>9} {:>9} {:>13} {:>12} {:>10} {:>13} {:>13}",
         "prompt",
         "engine",
         "load ms",
@@ -108,6 +141,7 @@ fn print_table(ours: &Value, theirs: Option<&Value>) {
         "prefill tok/s",
         "decode tok/s",
         "peak MiB",
+        "prefill ratio",
         "decode ratio"
     );
     let runs = ours["runs"].as_array().cloned().unwrap_or_default();
@@ -127,14 +161,15 @@ fn print_table(ours: &Value, theirs: Option<&Value>) {
                 theirs_run.clone()
             };
             let Some(this_run) = this_run else { continue };
-            let ratio = match (*name, &theirs_run) {
-                ("textstream", Some(other)) => number(&this_run, "decode_tok_s")
-                    .zip(number(other, "decode_tok_s"))
+            // Ours over theirs, on our row.
+            let ratio = |key: &str| match (*name, &theirs_run) {
+                ("textstream", Some(other)) => number(&this_run, key)
+                    .zip(number(other, key))
                     .map(|(a, b)| format!("{:.2}x", a / b)),
                 _ => None,
             };
             println!(
-                "{:<8} {:<11} {:>9} {:>9} {:>13} {:>12} {:>10} {:>13}",
+                "{:<8} {:<11} {:>9} {:>9} {:>13} {:>12} {:>10} {:>13} {:>13}",
                 prompt,
                 name,
                 cell(number(report, "load_ms"), 0),
@@ -142,7 +177,8 @@ fn print_table(ours: &Value, theirs: Option<&Value>) {
                 cell(number(&this_run, "prefill_tok_s"), 1),
                 cell(number(&this_run, "decode_tok_s"), 1),
                 cell(number(report, "peak_rss_mib"), 0),
-                ratio.unwrap_or_default(),
+                ratio("prefill_tok_s").unwrap_or_default(),
+                ratio("decode_tok_s").unwrap_or_default(),
             );
         }
     }

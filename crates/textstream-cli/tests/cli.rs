@@ -474,3 +474,71 @@ fn ctx_size_lowers_the_context_only() {
     );
     let _ = std::fs::remove_file(tiny);
 }
+
+#[test]
+fn bench_reports_speed_and_the_bounds_it_is_held_to() {
+    use textstream_engine::testing::{
+        TINY_BLOCKS, TINY_FEED_FORWARD, TINY_HEADS, TINY_HIDDEN, TINY_KV_HEADS,
+    };
+    let tiny = tiny_model("bench");
+    let bench = |new_tokens: &str, extra: &[&str]| {
+        textstream()
+            .arg("bench")
+            .args(model_arg(&tiny))
+            .args(["--prompt-lengths", "8,16", "--new-tokens", new_tokens])
+            .args(extra)
+            .output()
+            .expect("runs textstream bench")
+    };
+
+    let output = bench("4", &["--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let report: serde_json::Value = serde_json::from_str(stdout(&output).trim()).expect("JSON");
+    let runs = report["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+    let head_dim = TINY_HIDDEN / TINY_HEADS;
+    let kv = TINY_KV_HEADS * head_dim;
+    let products = TINY_BLOCKS
+        * TINY_HIDDEN
+        * ((TINY_HIDDEN + 2 * kv) + TINY_HIDDEN + 2 * TINY_FEED_FORWARD + TINY_FEED_FORWARD);
+    assert_eq!(report["prompt_macs_per_token"], products);
+    for (run, tokens) in runs.iter().zip([8u64, 16]) {
+        assert_eq!(run["prompt_tokens"], tokens);
+        assert_eq!(run["new_tokens"], 4);
+        let prefill = run["prefill_tok_s"].as_f64().expect("prefill speed");
+        assert!(prefill > 0.0 && run["decode_tok_s"].as_f64().unwrap() > 0.0);
+        // On a SIMD tier the compute probe ran: the bound is above what
+        // prefill reached (the portable tier has no peak to probe).
+        match report["kernel"].as_str() {
+            Some("portable") => assert!(run["prefill_bound_tok_s"].is_null()),
+            _ => {
+                let bound = run["prefill_bound_tok_s"].as_f64().expect("a bound");
+                assert!(prefill < bound, "{prefill} tok/s under a bound of {bound}");
+            }
+        }
+    }
+    if report["kernel"] != "portable" {
+        let int8 = report["int8_peak_g_s"].as_f64().expect("int8 peak");
+        let f32 = report["f32_fma_peak_g_s"].as_f64().expect("f32 peak");
+        assert!(int8.is_finite() && int8 > 0.0 && f32.is_finite() && f32 > 0.0);
+    }
+
+    let output = bench("4", &[]);
+    assert!(output.status.success(), "{output:?}");
+    let table = stdout(&output);
+    assert!(
+        table.contains("prefill ratio") && table.contains("memory read"),
+        "{table}"
+    );
+    assert!(table.lines().any(|l| l.starts_with("16 ")), "{table}");
+
+    // Bad input: a clear error, not a panic.
+    let output = bench("0", &[]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("new_tokens") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(tiny);
+}

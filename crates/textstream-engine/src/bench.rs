@@ -18,6 +18,7 @@ use textstream::{Closed, Streamer};
 
 use crate::generate::{generate, GenerateConfig};
 use crate::model::{LoadOptions, Model, Session};
+use crate::quant::peak::Peak;
 use crate::EngineError;
 
 /// The prompt lengths of the standard comparison, in tokens.
@@ -48,6 +49,20 @@ pub struct BenchRun {
     pub prefill_tokens_per_second: f64,
     /// Tokens per second of decode steps (forward pass and sampling).
     pub decode_tokens_per_second: f64,
+    /// Multiply-adds of attention over the prompt (native backend only).
+    pub prompt_attention_macs: Option<u64>,
+}
+
+impl BenchRun {
+    /// Prefill's compute bound, in tokens per second: the prompt's
+    /// products at the int8 peak and its attention at the f32 peak, each
+    /// alone on every thread (norms, rounding and the rest left out).
+    pub fn prefill_bound(&self, report: &BenchReport) -> Option<f64> {
+        let products = report.prompt_macs_per_token? as f64 * self.prompt_tokens as f64;
+        let seconds = products / report.int8_macs_per_second?
+            + self.prompt_attention_macs? as f64 / report.f32_fmas_per_second?;
+        Some(self.prompt_tokens as f64 / seconds)
+    }
 }
 
 /// What [`run_bench`] measured.
@@ -62,6 +77,15 @@ pub struct BenchReport {
     /// Bytes per second the model's threads read from memory (see
     /// [`read_bandwidth`]): with the bytes per token, decode's upper bound.
     pub read_bytes_per_second: f64,
+    /// Multiply-adds of one prompt token's products (native backend only).
+    pub prompt_macs_per_token: Option<usize>,
+    /// Byte multiply-adds per second the threads' integer dot instruction
+    /// does at its peak (see [`compute_peak`]): with the multiply-adds per
+    /// token, prefill's upper bound. `None` on the portable tier.
+    pub int8_macs_per_second: Option<f64>,
+    /// f32 multiply-adds per second at the threads' peak (attention's
+    /// instruction). `None` on the portable tier.
+    pub f32_fmas_per_second: Option<f64>,
     /// One entry per prompt length, in the order asked.
     pub runs: Vec<BenchRun>,
     /// The process's peak resident memory (`VmHWM`), in bytes, after all
@@ -82,6 +106,7 @@ impl BenchReport {
                     "ttft_ms": r.ttft.as_secs_f64() * MS_PER_S,
                     "prefill_tok_s": r.prefill_tokens_per_second,
                     "decode_tok_s": r.decode_tokens_per_second,
+                    "prefill_bound_tok_s": r.prefill_bound(self),
                 })
             })
             .collect();
@@ -93,6 +118,10 @@ impl BenchReport {
             "read_gib_s": self.read_bytes_per_second / BYTES_PER_MIB / 1024.0,
             "decode_limit_tok_s": self.weight_bytes_per_token.map(|b| self.read_bytes_per_second / b as f64),
             "peak_rss_mib": self.peak_rss_bytes.map(|b| b as f64 / BYTES_PER_MIB),
+            "prompt_macs_per_token": self.prompt_macs_per_token,
+            "int8_peak_g_s": self.int8_macs_per_second.map(|r| r / 1e9),
+            "f32_fma_peak_g_s": self.f32_fmas_per_second.map(|r| r / 1e9),
+
             "runs": runs,
         })
     }
@@ -151,8 +180,14 @@ pub fn run_bench_with(
     measure(&mut session, &prompt(WARMUP_TOKENS), WARMUP_TOKENS)?;
     let runs = prompt_lengths
         .iter()
-        .map(|&len| measure(&mut session, &prompt(len), new_tokens))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|&len| {
+            let run = measure(&mut session, &prompt(len), new_tokens)?;
+            Ok(BenchRun {
+                prompt_attention_macs: model.prompt_attention_macs(len),
+                ..run
+            })
+        })
+        .collect::<Result<Vec<_>, EngineError>>()?;
     let threads =
         threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     // Before the probe, whose buffer would count.
@@ -162,6 +197,9 @@ pub fn run_bench_with(
         kernel: crate::quant::Tier::selected().map_or("portable", |t| t.name()),
         weight_bytes_per_token: model.weight_bytes_per_token(),
         read_bytes_per_second: read_bandwidth(threads, BANDWIDTH_PROBE_BYTES),
+        prompt_macs_per_token: model.prompt_macs_per_token(),
+        int8_macs_per_second: compute_peak(threads, Peak::Int8),
+        f32_fmas_per_second: compute_peak(threads, Peak::F32),
         runs,
         peak_rss_bytes,
     })
@@ -211,6 +249,39 @@ pub fn read_bandwidth(threads: usize, bytes: usize) -> f64 {
     best
 }
 
+/// How long one pass of the compute probe runs at least.
+const PEAK_PASS: Duration = Duration::from_millis(30);
+
+/// Multiply-adds per second `threads` threads do at once with the selected
+/// tier's `peak` instruction ([`crate::quant::peak`]): the best of a few
+/// passes, each long enough to time well. `None` on the portable tier.
+pub fn compute_peak(threads: usize, peak: Peak) -> Option<f64> {
+    const PASSES: usize = 3;
+    let tier = crate::quant::Tier::selected().ok()?;
+    crate::quant::peak::work(tier, peak, 0)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .ok()?;
+    let pass = |rounds: usize| {
+        let started = Instant::now();
+        let done: u64 = pool
+            .broadcast(|_| crate::quant::peak::work(tier, peak, rounds).map_or(0, |(n, _)| n))
+            .into_iter()
+            .sum();
+        (done, started.elapsed())
+    };
+    // Rounds doubled until a pass takes long enough.
+    let mut rounds = 1 << 12;
+    while pass(rounds).1 < PEAK_PASS && rounds < 1 << 30 {
+        rounds *= 2;
+    }
+    (0..PASSES)
+        .map(|_| pass(rounds))
+        .map(|(done, took)| done as f64 / took.as_secs_f64())
+        .reduce(f64::max)
+}
+
 /// A streamer that keeps nothing: the benchmark times the model alone.
 struct Discard;
 
@@ -247,6 +318,7 @@ fn measure(
         ttft: timings.ttft,
         prefill_tokens_per_second: per_second(prompt.len(), timings.prefill),
         decode_tokens_per_second: per_second(timings.decode_steps, timings.decode),
+        prompt_attention_macs: None,
     })
 }
 

@@ -360,6 +360,24 @@ impl Model {
         }
     }
 
+    /// Multiply-adds of one prompt token's products, on the native backend
+    /// (see [`crate::models::Transformer::prompt_macs_per_token`]).
+    pub fn prompt_macs_per_token(&self) -> Option<usize> {
+        match &self.weights {
+            Weights::Native(weights) => Some(weights.prompt_macs_per_token()),
+            Weights::Candle(_) => None,
+        }
+    }
+
+    /// Multiply-adds of attention over a prompt of `tokens` tokens, on the
+    /// native backend (see [`crate::models::Hparams::prompt_attention_macs`]).
+    pub fn prompt_attention_macs(&self, tokens: usize) -> Option<u64> {
+        match &self.weights {
+            Weights::Native(weights) => Some(weights.hparams().prompt_attention_macs(tokens)),
+            Weights::Candle(_) => None,
+        }
+    }
+
     /// How long loading took.
     pub fn load_timings(&self) -> LoadTimings {
         self.load_timings

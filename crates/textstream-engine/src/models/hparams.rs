@@ -147,6 +147,23 @@ impl Hparams {
         self.kv_heads * self.head_dim
     }
 
+    /// Multiply-adds of attention over a prompt of `tokens` tokens run from
+    /// an empty cache: each query head's scores and weighted sum of values
+    /// (`2 x head_dim` each) over every position it sees (all before it,
+    /// or its window's).
+    pub fn prompt_attention_macs(&self, tokens: usize) -> u64 {
+        let seen = |window: Option<usize>| -> u64 {
+            let (n, w) = (tokens as u64, window.map_or(u64::MAX, |w| w as u64));
+            match n <= w {
+                true => n * (n + 1) / 2,
+                false => w * (w + 1) / 2 + (n - w) * w,
+            }
+        };
+        (0..self.blocks)
+            .map(|i| seen(self.window(i)) * (2 * self.heads * self.head_dim) as u64)
+            .sum()
+    }
+
     /// The window of block `index`, if it is a local layer.
     pub fn window(&self, index: usize) -> Option<usize> {
         let sliding = self.sliding_window.as_ref()?;

@@ -1108,4 +1108,35 @@ mod tests {
         let [a, b] = cache.slot_ranges(40);
         assert_eq!(a.len() + b.len(), 20);
     }
+
+    #[test]
+    fn prompt_attention_macs_count_the_positions_attention_reads() {
+        for window in [None, Some(1), Some(4), Some(16), Some(50)] {
+            // Two blocks: the first windowed (when there is a window), the
+            // second global.
+            let mut h = attention_hparams(8, window);
+            h.blocks = 2;
+            if let Some(sliding) = &mut h.sliding_window {
+                sliding.local = vec![true, false];
+            }
+            for tokens in [0, 1, 5, 16, 17, 100] {
+                let read: usize = (0..h.blocks)
+                    .map(|block| {
+                        let window = h.window(block);
+                        let cache = LayerCache::new(&h, 128, window, 16);
+                        (0..tokens)
+                            .flat_map(|p| cache.slot_ranges(p))
+                            .map(|r| r.len())
+                            .sum::<usize>()
+                    })
+                    .sum();
+                let per_position = 2 * h.heads * h.head_dim;
+                assert_eq!(
+                    h.prompt_attention_macs(tokens),
+                    (read * per_position) as u64,
+                    "window {window:?}, {tokens} tokens"
+                );
+            }
+        }
+    }
 }

@@ -568,6 +568,16 @@ impl Transformer {
         blocks + self.output.as_ref().unwrap_or(&self.embedding).bytes()
     }
 
+    /// Multiply-adds of one prompt token's products: every block's
+    /// matrices (the output product runs for a prompt's last token only).
+    pub fn prompt_macs_per_token(&self) -> usize {
+        let size = |m: &Matrix| m.rows() * m.cols();
+        self.blocks
+            .iter()
+            .map(|b| size(&b.qkv) + size(&b.output) + size(&b.gate_up) + size(&b.down))
+            .sum()
+    }
+
     /// An empty cache for one sequence of up to the model's context.
     pub fn new_cache(&self) -> KvCache {
         let h = &self.hparams;

@@ -43,6 +43,7 @@
 
 mod layout;
 mod pages;
+pub mod peak;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;

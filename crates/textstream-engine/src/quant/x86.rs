@@ -749,4 +749,101 @@ pub(super) fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Independent sums in the peak loops below: enough to hide each
+/// instruction's latency (4-5 cycles) at up to two a cycle.
+pub(super) const PEAK_CHAINS: usize = 12;
+
+/// `rounds` x [`PEAK_CHAINS`] 512-bit `vpdpbusd` (64 byte multiply-adds
+/// each, the AVX-512 kernels' instruction), with nothing else to wait for;
+/// returns their sums (`w` comes from the caller, so that no round can be
+/// folded away).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+pub(super) fn int8_peak_avx512(rounds: usize, w: i32) -> i32 {
+    let (w, x) = (_mm512_set1_epi32(w), _mm512_set1_epi32(0x0101_0101));
+    let mut sums = [_mm512_setzero_si512(); PEAK_CHAINS];
+    for _ in 0..rounds {
+        for s in &mut sums {
+            *s = _mm512_dpbusd_epi32(*s, w, x);
+        }
+    }
+    sums.iter()
+        .fold(0, |t, s| t.wrapping_add(_mm512_reduce_add_epi32(*s)))
+}
+
+/// As [`int8_peak_avx512`] with AVX-VNNI's 256-bit `vpdpbusd` (32 each).
+#[target_feature(enable = "avx2,avxvnni")]
+pub(super) fn int8_peak_avxvnni(rounds: usize, w: i32) -> i32 {
+    let (w, x) = (_mm256_set1_epi32(w), _mm256_set1_epi32(0x0101_0101));
+    let mut sums = [_mm256_setzero_si256(); PEAK_CHAINS];
+    for _ in 0..rounds {
+        for s in &mut sums {
+            *s = _mm256_dpbusd_avx_epi32(*s, w, x);
+        }
+    }
+    sums.iter()
+        .fold(0, |t, s| t.wrapping_add(lanes_sum_256(*s)))
+}
+
+/// As [`int8_peak_avx512`] with the AVX2 kernels' sequence for 32 byte
+/// multiply-adds: `vpmaddubsw`, `vpmaddwd` by ones, `vpaddd`. Only the
+/// add depends on the sum, so that the products are not hoisted out of the
+/// loop (or shared by the chains) each round's weights take the round's
+/// number masked by `zero` (0, from the caller), and each chain has
+/// activations of its own (the caller's, all equal, unknown here).
+#[target_feature(enable = "avx2")]
+pub(super) fn int8_peak_avx2(
+    rounds: usize,
+    w: i32,
+    zero: i32,
+    xs: &[[i32; 8]; PEAK_CHAINS],
+) -> i32 {
+    let xs: [__m256i; PEAK_CHAINS] = bytemuck::cast(*xs);
+    let ones = _mm256_set1_epi16(1);
+    let mut sums = [_mm256_setzero_si256(); PEAK_CHAINS];
+    for round in 0..rounds {
+        let w = _mm256_set1_epi32(w | (round as i32 & zero));
+        for (s, x) in sums.iter_mut().zip(&xs) {
+            let pairs = _mm256_maddubs_epi16(w, *x);
+            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(pairs, ones));
+        }
+    }
+    sums.iter()
+        .fold(0, |t, s| t.wrapping_add(lanes_sum_256(*s)))
+}
+
+/// `rounds` x [`PEAK_CHAINS`] 512-bit f32 multiply-adds (16 each), `x * m +
+/// 0` from 1 (`m` from the caller: 1 keeps every value 1).
+#[target_feature(enable = "avx512f")]
+pub(super) fn f32_peak_avx512(rounds: usize, m: f32) -> f32 {
+    let (m, zero) = (_mm512_set1_ps(m), _mm512_setzero_ps());
+    let mut sums = [_mm512_set1_ps(1.0); PEAK_CHAINS];
+    for _ in 0..rounds {
+        for s in &mut sums {
+            *s = _mm512_fmadd_ps(*s, m, zero);
+        }
+    }
+    sums.iter().map(|s| _mm512_reduce_add_ps(*s)).sum()
+}
+
+/// As [`f32_peak_avx512`] on 256 bits (8 each).
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn f32_peak_avx2(rounds: usize, m: f32) -> f32 {
+    let (m, zero) = (_mm256_set1_ps(m), _mm256_setzero_ps());
+    let mut sums = [_mm256_set1_ps(1.0); PEAK_CHAINS];
+    for _ in 0..rounds {
+        for s in &mut sums {
+            *s = _mm256_fmadd_ps(*s, m, zero);
+        }
+    }
+    let lanes: [[f32; 8]; PEAK_CHAINS] = bytemuck::cast(sums);
+    lanes.iter().flatten().sum()
+}
+
+/// The sum of 8 lanes.
+#[target_feature(enable = "avx2")]
+fn lanes_sum_256(v: __m256i) -> i32 {
+    let lanes: [i32; 8] = bytemuck::cast(v);
+    lanes.iter().fold(0, |t, &l| t.wrapping_add(l))
+}
+
 const _: () = assert!(PAIR == 64);

@@ -12,10 +12,11 @@ without the AMX kernels that crash on some Xeons:
 Measures what bench.rs measures, the same way: load time; then, after one
 warm-up run of 8 tokens, for prompts of 8, 128 and 1024 tokens (the tokens of
 PROMPT_TEXT repeated) the time to the first greedy token, prefill tokens/s,
-and decode tokens/s over 256 generated tokens (stop tokens ignored); peak RSS
-(VmHWM). 2 threads. Prints one JSON object.
+and decode tokens/s over 256 generated tokens (stop tokens ignored), each the
+median of REPEATS runs (3; of an even count, the higher of the middle two);
+peak RSS (VmHWM). 2 threads. Prints one JSON object.
 
-usage: bench_llamacpp.py MODEL.gguf [NEW_TOKENS] [THREADS]
+usage: bench_llamacpp.py MODEL.gguf [NEW_TOKENS] [THREADS] [REPEATS]
 """
 import json
 import sys
@@ -30,6 +31,7 @@ PROMPT_TEXT = ("The sky is blue because molecules in the air scatter "
 PROMPT_LENGTHS = [8, 128, 1024]
 NEW_TOKENS = 256
 THREADS = 2
+REPEATS = 3
 WARMUP_TOKENS = 8
 # Room for the longest prompt and its generated tokens.
 CONTEXT_TOKENS = 2048
@@ -64,10 +66,18 @@ def measure(llm, prompt, new_tokens):
     }
 
 
+def median(runs):
+    """Each figure's median over runs, as bench.rs takes it."""
+    middle = lambda key: sorted(r[key] for r in runs)[len(runs) // 2]
+    return dict(runs[0], ttft_ms=middle("ttft_ms"), prefill_tok_s=middle("prefill_tok_s"),
+                decode_tok_s=middle("decode_tok_s") if runs[0]["decode_tok_s"] else None)
+
+
 def main():
     path = sys.argv[1]
     new_tokens = int(sys.argv[2]) if len(sys.argv) > 2 else NEW_TOKENS
     threads = int(sys.argv[3]) if len(sys.argv) > 3 else THREADS
+    repeats = int(sys.argv[4]) if len(sys.argv) > 4 else REPEATS
     start = time.perf_counter()
     llm = Llama(model_path=path, n_ctx=CONTEXT_TOKENS, n_batch=CONTEXT_TOKENS,
                 n_threads=threads, n_threads_batch=threads, verbose=False)
@@ -75,7 +85,8 @@ def main():
     text_ids = llm.tokenize(PROMPT_TEXT.encode(), add_bos=False, special=False)
     prompt = lambda n: [text_ids[i % len(text_ids)] for i in range(n)]
     measure(llm, prompt(WARMUP_TOKENS), WARMUP_TOKENS)
-    runs = [measure(llm, prompt(n), new_tokens) for n in PROMPT_LENGTHS]
+    runs = [median([measure(llm, prompt(n), new_tokens) for _ in range(repeats)])
+            for n in PROMPT_LENGTHS]
     print(json.dumps({
         "engine": "llama.cpp",
         "load_ms": load * 1e3,

@@ -241,6 +241,9 @@ pub struct BenchArgs {
     /// Tokens generated per prompt (greedy, stop tokens ignored).
     #[arg(long, default_value_t = textstream_engine::bench::DEFAULT_NEW_TOKENS)]
     pub new_tokens: usize,
+    /// Runs per prompt length; each figure is their median (both engines).
+    #[arg(long, default_value_t = textstream_engine::bench::DEFAULT_REPEATS)]
+    pub repeats: usize,
     /// Also run llama.cpp (llama-cpp-python must be installed) with
     /// `scripts/bench_llamacpp.py`, in its own process, and print the ratio.
     #[arg(long)]

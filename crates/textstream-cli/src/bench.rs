@@ -24,13 +24,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         .context_length(args.model.ctx_size)
         .tokenizer_json(args.model.tokenizer.clone())
         .threads(Some(threads));
-    let ours = run_bench_with(&path, options, &args.prompt_lengths, args.new_tokens)?.to_json();
+    let ours = run_bench_with(
+        &path,
+        options,
+        &args.prompt_lengths,
+        args.new_tokens,
+        args.repeats,
+    )?
+    .to_json();
     let theirs = if args.llamacpp {
         let output = Command::new("python3")
             .arg(&args.llamacpp_script)
             .arg(&path)
             .arg(args.new_tokens.to_string())
             .arg(threads.to_string())
+            .arg(args.repeats.to_string())
             .output()
             .with_context(|| format!("running {}", args.llamacpp_script.display()))?;
         anyhow::ensure!(

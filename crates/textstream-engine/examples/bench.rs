@@ -1,6 +1,6 @@
 //! Prints the engine's benchmark as JSON: load time, and for prompts of 8,
 //! 128 and 1024 tokens the time to first token, prefill and decode speed
-//! over 256 greedy tokens, and peak memory.
+//! over 256 greedy tokens (medians of 3 runs), and peak memory.
 //!
 //! ```sh
 //! cargo run --release -p textstream-engine --example bench -- [BACKEND] [NEW_TOKENS]
@@ -11,7 +11,9 @@
 
 use std::process::ExitCode;
 
-use textstream_engine::bench::{run_bench_with, DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_LENGTHS};
+use textstream_engine::bench::{
+    run_bench_with, DEFAULT_NEW_TOKENS, DEFAULT_PROMPT_LENGTHS, DEFAULT_REPEATS,
+};
 use textstream_engine::model::{Backend, LoadOptions};
 
 fn main() -> ExitCode {
@@ -38,7 +40,13 @@ fn main() -> ExitCode {
         }
     };
     let options = LoadOptions::default().backend(backend);
-    match run_bench_with(&path, options, DEFAULT_PROMPT_LENGTHS, new_tokens) {
+    match run_bench_with(
+        &path,
+        options,
+        DEFAULT_PROMPT_LENGTHS,
+        new_tokens,
+        DEFAULT_REPEATS,
+    ) {
         Ok(report) => {
             let mut json = report.to_json();
             json["backend"] = format!("{backend:?}").into();

@@ -32,6 +32,11 @@ pub const DEFAULT_NEW_TOKENS: usize = 256;
 pub const PROMPT_TEXT: &str = "The sky is blue because molecules in the air scatter \
     short wavelengths of sunlight more strongly than long ones. ";
 
+/// Runs per prompt length in the standard comparison, whose median
+/// figures are reported (one run of a 128-token prompt lasts well under a
+/// second, and a busy neighbour on a shared machine can halve it).
+pub const DEFAULT_REPEATS: usize = 3;
+
 /// Tokens in the warm-up run before the measured ones (thread pool start,
 /// first-touch page faults), prompt and generated alike.
 const WARMUP_TOKENS: usize = 8;
@@ -141,22 +146,28 @@ pub fn run_bench(
         LoadOptions::default(),
         prompt_lengths,
         new_tokens,
+        DEFAULT_REPEATS,
     )
 }
 
-/// Benchmarks the model at `model_path` loaded with `options`: one run per
-/// prompt length, each generating `new_tokens` tokens greedily.
+/// Benchmarks the model at `model_path` loaded with `options`: `repeats`
+/// runs per prompt length, each generating `new_tokens` tokens greedily;
+/// each figure is the median of its runs (of an even count, the higher of
+/// the middle two).
 pub fn run_bench_with(
     model_path: &Path,
     options: LoadOptions,
     prompt_lengths: &[usize],
     new_tokens: usize,
+    repeats: usize,
 ) -> Result<BenchReport, EngineError> {
-    if new_tokens == 0 {
-        return Err(EngineError::InvalidConfig {
-            field: "new_tokens",
-            reason: "must be at least 1".to_owned(),
-        });
+    for (field, value) in [("new_tokens", new_tokens), ("repeats", repeats)] {
+        if value == 0 {
+            return Err(EngineError::InvalidConfig {
+                field,
+                reason: "must be at least 1".to_owned(),
+            });
+        }
     }
     let threads = options.threads;
     let started = Instant::now();
@@ -181,10 +192,12 @@ pub fn run_bench_with(
     let runs = prompt_lengths
         .iter()
         .map(|&len| {
-            let run = measure(&mut session, &prompt(len), new_tokens)?;
+            let runs = (0..repeats)
+                .map(|_| measure(&mut session, &prompt(len), new_tokens))
+                .collect::<Result<Vec<_>, _>>()?;
             Ok(BenchRun {
                 prompt_attention_macs: model.prompt_attention_macs(len),
-                ..run
+                ..median(&runs)
             })
         })
         .collect::<Result<Vec<_>, EngineError>>()?;
@@ -322,7 +335,60 @@ fn measure(
     })
 }
 
+/// Each figure's median over `runs` (of an even count, the higher of the
+/// middle two); the counts are the first run's (every run has the same).
+fn median(runs: &[BenchRun]) -> BenchRun {
+    fn middle<T: PartialOrd + Copy>(runs: &[BenchRun], figure: impl Fn(&BenchRun) -> T) -> T {
+        let mut values: Vec<T> = runs.iter().map(figure).collect();
+        values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        values[values.len() / 2]
+    }
+    BenchRun {
+        ttft: middle(runs, |r| r.ttft),
+        prefill_tokens_per_second: middle(runs, |r| r.prefill_tokens_per_second),
+        decode_tokens_per_second: middle(runs, |r| r.decode_tokens_per_second),
+        ..runs[0]
+    }
+}
+
 /// `VmHWM` from `/proc/self/status`, in bytes.
 fn peak_rss_bytes() -> Option<u64> {
     crate::model::proc_kib_as_bytes("/proc/self/status", "VmHWM:")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(ttft_ms: u64, prefill: f64, decode: f64) -> BenchRun {
+        BenchRun {
+            prompt_tokens: 128,
+            new_tokens: 16,
+            ttft: Duration::from_millis(ttft_ms),
+            prefill_tokens_per_second: prefill,
+            decode_tokens_per_second: decode,
+            prompt_attention_macs: Some(7),
+        }
+    }
+
+    #[test]
+    fn each_figure_is_its_own_median() {
+        // The slowest prefill, the fastest decode and the middle first token
+        // come from different runs.
+        let runs = [
+            run(30, 900.0, 200.0),
+            run(10, 1000.0, 100.0),
+            run(20, 1100.0, 150.0),
+        ];
+        assert_eq!(median(&runs), run(20, 1000.0, 150.0));
+        // Of four, the higher of the middle two.
+        let runs = [
+            run(1, 1.0, 4.0),
+            run(2, 2.0, 3.0),
+            run(3, 3.0, 2.0),
+            run(4, 4.0, 1.0),
+        ];
+        assert_eq!(median(&runs), run(3, 3.0, 3.0));
+        assert_eq!(median(&runs[..1]), runs[0]);
+    }
 }

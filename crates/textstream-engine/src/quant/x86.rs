@@ -142,6 +142,23 @@ pub(super) fn dot_avx512<const F: u8, const R: usize, const T: usize>(
 /// runs each; `textstream bench --prompt-lengths 8`).
 const LANE_PREFETCH_BYTES: usize = 1024;
 
+/// Tokens from which the lane-block kernel prefetches
+/// [`LANE_BATCH_PREFETCH_BYTES`] ahead into L2 instead: with 4 or more
+/// tokens a pair takes long enough that loads asked for 1 KiB ahead arrive
+/// late, and the kernel read memory and computed by turns (8 tokens
+/// against 106 MB of Q8_0 rows: 137-144 G multiply-adds/s, against 290 with
+/// them in cache; 293-304 prefetching 16 KiB ahead into L2). Decode steps
+/// of a batch, the variants alternating in one process: SmolLM2 4 / 8 / 16
+/// sequences -9 / -10 / -5 %, Gemma 3 -16 / -25 / -10 %, Qwen2.5-Coder
+/// -13 / -21 / -7 % (2 sequences were level to 8 % slower, one level to
+/// 2.5 % slower: below 4 tokens the near prefetch stays); prefill level.
+const LANE_BATCH_TOKENS: usize = 4;
+
+/// How far ahead the lane-block kernel prefetches for
+/// [`LANE_BATCH_TOKENS`] or more, in bytes (SmolLM2's 8-sequence steps: 4
+/// and 8 KiB -10 %, 16 KiB -7 %, 32 KiB -5 %).
+const LANE_BATCH_PREFETCH_BYTES: usize = 8192;
+
 /// The AVX-512 VNNI kernel on a lane block ([`super::layout::interleave`]):
 /// 16 rows at once, row `r` in lane `r` of every vector, against `T`
 /// tokens. A 4-byte word of the block holds 4 values of each row, so one
@@ -177,8 +194,15 @@ pub(super) fn dot_lanes<const F: u8, const T: usize>(
             let at = pair_at::<F>(s, p);
             let block = at / 4 * 64;
             for line in (0..layout.pair_bytes() * LANES).step_by(64) {
-                let future = w.as_ptr().wrapping_add(block + line + LANE_PREFETCH_BYTES);
-                _mm_prefetch::<_MM_HINT_T0>(future.cast());
+                if T >= LANE_BATCH_TOKENS {
+                    let future = w
+                        .as_ptr()
+                        .wrapping_add(block + line + LANE_BATCH_PREFETCH_BYTES);
+                    _mm_prefetch::<_MM_HINT_T1>(future.cast());
+                } else {
+                    let future = w.as_ptr().wrapping_add(block + line + LANE_PREFETCH_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(future.cast());
+                }
             }
             let (a, b) = lane_scales::<F>(w, at + layout.planes_bytes(), d, neg_dmin);
             // The pair as 16 vectors: vector `c` holds values `4c..4c + 4` of

@@ -177,6 +177,7 @@ impl Layout {
 
     /// The integer the stored values are offset by (`b = -zero * a`), for
     /// the types whose offset is one.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub const fn zero(&self) -> Option<u8> {
         match self.scales {
             Scales::Legacy { zero } | Scales::Signed { zero } => Some(zero),

@@ -904,6 +904,7 @@ fn lane_kernel<const F: u8, const T: usize>(
         // and this kernel needs exactly the AVX-512 VNNI tier's features.
         return unsafe { x86::dot_lanes::<F, T>(w, row_bytes, xs) };
     }
+    let _ = tier;
     // Lane blocks are made for the AVX-512 tier only (`Segment::set_lanes`);
     // were one read on another, its rows are read back first.
     let mut rows = w[..LANES * row_bytes].to_vec();
@@ -1238,6 +1239,7 @@ impl XPair {
     }
 
     /// Each block's sum of [`Self::sums`]' two groups.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
     fn block_sums(&self, rounded: bool) -> &[f32; 2] {
         match rounded {

@@ -97,7 +97,8 @@ fn print_limits(ours: &Value) {
 }
 
 /// The compute peak of the kernels' instructions, and how close prefill
-/// (compute-bound) came to the bound it sets on the products alone.
+/// (compute-bound) came to the bound it sets: the products at the int8
+/// peak, attention at the f32 peak.
 fn print_compute_limits(ours: &Value, runs: &[Value]) {
     let (Some(int8), Some(f32)) = (
         number(ours, "int8_peak_g_s"),

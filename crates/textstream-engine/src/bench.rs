@@ -1,5 +1,7 @@
 //! Throughput figures for one model file: load time, time to first token,
-//! prefill and decode speed, peak memory.
+//! prefill and decode speed, peak memory; and the machine's bounds on them:
+//! the memory read bandwidth (decode reads every weight per token) and the
+//! kernel tier's compute peak (prefill is compute-bound).
 //!
 //! [`run_bench`] loads the model, then for each prompt length runs a prompt
 //! of exactly that many tokens (a fixed English text's tokens, repeated) and
@@ -126,7 +128,6 @@ impl BenchReport {
             "prompt_macs_per_token": self.prompt_macs_per_token,
             "int8_peak_g_s": self.int8_macs_per_second.map(|r| r / 1e9),
             "f32_fma_peak_g_s": self.f32_fmas_per_second.map(|r| r / 1e9),
-
             "runs": runs,
         })
     }

@@ -272,6 +272,7 @@ const PEAK_PASS: Duration = Duration::from_millis(30);
 pub fn compute_peak(threads: usize, peak: Peak) -> Option<f64> {
     const PASSES: usize = 3;
     let tier = crate::quant::Tier::selected().ok()?;
+    // No rounds: only whether the tier has a loop to time (not the portable one).
     crate::quant::peak::work(tier, peak, 0)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.max(1))
